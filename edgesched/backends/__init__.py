@@ -1,0 +1,34 @@
+"""Device backends, all behind the Backend protocol in base.py. Each heavy library is
+imported only inside its own module, and that module is imported only when chosen."""
+from __future__ import annotations
+
+import importlib.util
+
+from edgesched.backends.base import Backend, LoadedModel
+from edgesched.errors import BackendUnavailable
+from edgesched.types import BackendName
+
+
+def resolve_backend_name(name: BackendName) -> BackendName:
+    """`auto`: TensorRT when its backend can run here, else ONNX Runtime on the CPU."""
+    if name is not BackendName.AUTO:
+        return name
+    if importlib.util.find_spec("tensorrt") is not None and _has_module("tensorrt"):
+        return BackendName.TENSORRT
+    return BackendName.ONNXRUNTIME
+
+
+def _has_module(backend: str) -> bool:
+    return importlib.util.find_spec(f"edgesched.backends.{backend}") is not None
+
+
+def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int = 1) -> Backend:
+    name = resolve_backend_name(name)
+    if name is BackendName.ONNXRUNTIME:
+        from edgesched.backends.onnxruntime import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(streams, cpu_threads_per_stream)
+    raise BackendUnavailable(f"backend {name.value!r} is not part of this build yet; "
+                             "use backend: onnxruntime")
+
+
+__all__ = ["Backend", "LoadedModel", "create_backend", "resolve_backend_name"]

@@ -1,0 +1,124 @@
+"""The sliced-model directory format: `manifest.json` beside one file per slice.
+
+{"model": name, "source": original file, "inputs": [{"name","dtype","shape"}], "outputs": [...],
+ "slices": [{"index", "file", "inputs": [names], "outputs": [names],
+             "cost": {"flops", "bytes", "est_us"?}, "engine"?: file}]}
+Slice i's inputs are graph inputs or outputs of earlier slices; running the slices in order
+reproduces the model's outputs. `read_manifest` checks exactly that, so a backend can trust it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgesched.errors import ModelLoadError
+from edgesched.types import TensorSpec
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SliceEntry:
+    index: int
+    file: str                         # relative to the manifest's directory
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    cost: dict = field(default_factory=dict, compare=False)
+    engine: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: str
+    source: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    slices: tuple[SliceEntry, ...]
+    directory: Path
+
+    def slice_path(self, entry: SliceEntry) -> Path:
+        return self.directory / entry.file
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "source": self.source,
+            "inputs": [t.to_wire() for t in self.inputs],
+            "outputs": [t.to_wire() for t in self.outputs],
+            "slices": [{"index": s.index, "file": s.file, "inputs": list(s.inputs),
+                        "outputs": list(s.outputs), "cost": s.cost,
+                        **({"engine": s.engine} if s.engine else {})} for s in self.slices],
+        }
+
+
+def write_manifest(manifest: Manifest) -> Path:
+    path = manifest.directory / MANIFEST_NAME
+    path.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
+    return path
+
+
+def _specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where} must be a non-empty list")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                or not isinstance(item.get("dtype"), str) or not isinstance(item.get("shape"), list):
+            raise ValueError(f"{where}[{i}] needs name, dtype and shape")
+        shape = tuple(None if d is None or (isinstance(d, int) and d < 0) else d
+                      for d in item["shape"])
+        if not all(d is None or isinstance(d, int) for d in shape):
+            raise ValueError(f"{where}[{i}].shape must hold integers")
+        out.append(TensorSpec(item["name"], item["dtype"], shape))
+    return tuple(out)
+
+
+def _slice(raw: object, i: int) -> SliceEntry:
+    if not isinstance(raw, dict):
+        raise ValueError(f"slices[{i}] must be an object")
+    names = {k: raw.get(k) for k in ("inputs", "outputs")}
+    if raw.get("index") != i:
+        raise ValueError(f"slices[{i}].index must be {i}")
+    if not isinstance(raw.get("file"), str):
+        raise ValueError(f"slices[{i}].file must be a file name")
+    for key, value in names.items():
+        if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
+            raise ValueError(f"slices[{i}].{key} must be a non-empty list of tensor names")
+    engine = raw.get("engine")
+    if engine is not None and not isinstance(engine, str):
+        raise ValueError(f"slices[{i}].engine must be a file name")
+    return SliceEntry(i, raw["file"], tuple(names["inputs"]), tuple(names["outputs"]),
+                      raw.get("cost") or {}, engine)
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
+            raise ValueError("top level must be an object with a 'model' name")
+        inputs, outputs = _specs(raw.get("inputs"), "inputs"), _specs(raw.get("outputs"), "outputs")
+        raw_slices = raw.get("slices")
+        if not isinstance(raw_slices, list) or not raw_slices:
+            raise ValueError("slices must be a non-empty list")
+        slices = tuple(_slice(s, i) for i, s in enumerate(raw_slices))
+        available = {t.name for t in inputs}
+        for s in slices:
+            missing = [n for n in s.inputs if n not in available]
+            if missing:
+                raise ValueError(f"slices[{s.index}] reads {missing[0]!r}, which no earlier "
+                                 "slice produces")
+            if not (directory / s.file).is_file():
+                raise ValueError(f"slices[{s.index}].file {s.file!r} does not exist")
+            available.update(s.outputs)
+        unproduced = [t.name for t in outputs if t.name not in available]
+        if unproduced:
+            raise ValueError(f"model output {unproduced[0]!r} is produced by no slice")
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    return Manifest(raw["model"], str(raw.get("source", "")), inputs, outputs, slices, directory)

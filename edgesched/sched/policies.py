@@ -1,0 +1,98 @@
+"""Scheduling policies: functions of (state, now) returning a plan. They never mutate state.
+
+`fifo`     one slice on the device at a time, oldest request first (Clockwork-style baseline).
+`greedy`   a slice on every free stream, oldest request first (naive multi-stream serving).
+`priority` greedy, but realtime work first (least slack first) and on the high-priority
+           streams; best-effort work never takes a high-priority stream while another is free.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol
+
+from edgesched.errors import ConfigError
+from edgesched.sched.state import Request, SchedState
+from edgesched.types import Launch, Plan, PolicyName, Priority
+
+
+class Policy(Protocol):
+    name: str
+
+    def plan(self, state: SchedState, now_s: float) -> Plan: ...
+
+
+def _oldest_first(state: SchedState) -> list[Request]:
+    return sorted(state.waiting(), key=lambda r: r.order_key)
+
+
+def _fill(state: SchedState, candidates: Iterable[Request],
+          pick_stream: Callable[[Request, list[int]], int | None]) -> Plan:
+    """Give each candidate, in order, a free stream while streams and instances last."""
+    free = state.free_streams()
+    load: dict[tuple[str, int], int] = {}
+    launches = []
+    for request in candidates:
+        if not free:
+            break
+        key = (request.model, request.next_slice)
+        used = load.get(key, state.slice_load(*key))
+        if used >= state.models[request.model].instances:
+            continue
+        stream = pick_stream(request, free)
+        if stream is None:
+            continue
+        free.remove(stream)
+        load[key] = used + 1
+        launches.append(Launch(request.id, request.model, request.next_slice, stream))
+    return Plan(tuple(launches))
+
+
+class Fifo:
+    name = PolicyName.FIFO.value
+
+    def plan(self, state: SchedState, now_s: float) -> Plan:
+        if state.running:
+            return Plan()
+        return _fill(state, _oldest_first(state)[:1], lambda r, free: free[0])
+
+
+class Greedy:
+    name = PolicyName.GREEDY.value
+
+    def plan(self, state: SchedState, now_s: float) -> Plan:
+        return _fill(state, _oldest_first(state), lambda r, free: free[0])
+
+
+class PriorityStreams:
+    name = PolicyName.PRIORITY.value
+
+    def plan(self, state: SchedState, now_s: float) -> Plan:
+        high = state.high_priority_streams
+        all_high = len(high) >= state.num_streams
+
+        def pick(request: Request, free: list[int]) -> int | None:
+            if request.priority is Priority.REALTIME:
+                return next((s for s in free if s in high), free[0])
+            return next((s for s in free if all_high or s not in high), None)
+
+        def urgency(r: Request) -> tuple:
+            # Realtime by least slack (earliest objective), then best-effort by arrival.
+            if r.priority is Priority.REALTIME:
+                return (0, min(r.slo_deadline_s, r.deadline_s or float("inf")), r.id)
+            return (1, r.arrival_s, r.id)
+
+        return _fill(state, sorted(state.waiting(), key=urgency), pick)
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    PolicyName.FIFO.value: Fifo,
+    PolicyName.GREEDY.value: Greedy,
+    PolicyName.PRIORITY.value: PriorityStreams,
+}
+
+
+def make_policy(name: str, source: str = "config") -> Policy:
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ConfigError(source, "scheduler.policy",
+                          "one of " + ", ".join(sorted(POLICIES)), name) from None

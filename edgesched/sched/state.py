@@ -1,0 +1,128 @@
+"""Request state owned by the engine thread and read by policies.
+
+Invariants: a request is either *waiting* (in its model's ready list, ordered by arrival) or
+*running* exactly one slice; never both. A stream runs at most one slice at a time, and one
+slice of a model runs at most `instances` launches at once.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from edgesched.types import Launch, ModelInfo, Priority
+
+
+@dataclass(eq=False)
+class Request:
+    id: int
+    model: str
+    priority: Priority
+    arrival_s: float                  # monotonic seconds when the server received it
+    slo_s: float                      # latency objective, seconds after arrival
+    num_slices: int
+    deadline_s: float | None = None   # absolute monotonic seconds; None = no hard deadline
+    reply_to: object = None           # opaque to the scheduler: where the owner sends the reply
+    next_slice: int = 0
+    first_launch_s: float | None = None
+    device_s: float = 0.0             # sum of its completed slices' run times
+
+    @property
+    def order_key(self) -> tuple[float, int]:
+        return (self.arrival_s, self.id)
+
+    @property
+    def slo_deadline_s(self) -> float:
+        return self.arrival_s + self.slo_s
+
+
+@dataclass
+class SchedState:
+    """What a policy may look at: waiting requests, running launches, free streams."""
+
+    models: dict[str, ModelInfo]
+    num_streams: int
+    # Streams that run at the device's highest priority (CUDA stream priority on TensorRT);
+    # realtime work goes there first. Stream 0 by convention.
+    high_priority_streams: frozenset[int] = frozenset({0})
+    requests: dict[int, Request] = field(default_factory=dict)
+    running: dict[int, Launch] = field(default_factory=dict)        # request id -> launch
+    _ready: dict[str, list[Request]] = field(default_factory=dict)  # model -> by arrival
+    _busy_streams: set[int] = field(default_factory=set)
+    _slice_load: dict[tuple[str, int], int] = field(default_factory=dict)
+    _pending: dict[str, int] = field(default_factory=dict)          # model -> admitted, unanswered
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            self._ready.setdefault(name, [])
+            self._pending.setdefault(name, 0)
+
+    # --- queries (policies use these) -----------------------------------------------------
+    def free_streams(self) -> list[int]:
+        return [s for s in range(self.num_streams) if s not in self._busy_streams]
+
+    def waiting(self) -> Iterator[Request]:
+        """Every waiting request, model by model, each model's in arrival order."""
+        for queue in self._ready.values():
+            yield from queue
+
+    def waiting_for(self, model: str) -> list[Request]:
+        return self._ready[model]
+
+    def slice_load(self, model: str, index: int) -> int:
+        """Launches of this slice running now (limited by the model's instances)."""
+        return self._slice_load.get((model, index), 0)
+
+    def pending(self, model: str) -> int:
+        return self._pending[model]
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    # --- transitions (the engine calls these) ---------------------------------------------
+    def admit(self, request: Request) -> None:
+        self.requests[request.id] = request
+        self._pending[request.model] += 1
+        self._enqueue(request)
+
+    def start(self, launch: Launch, now_s: float) -> Request:
+        request = self.requests[launch.request_id]
+        if launch.stream in self._busy_streams:
+            raise ValueError(f"stream {launch.stream} is busy")
+        if launch.slice_index != request.next_slice or request.id in self.running:
+            raise ValueError(f"request {request.id} cannot start slice {launch.slice_index}")
+        self._ready[request.model].remove(request)
+        self.running[request.id] = launch
+        self._busy_streams.add(launch.stream)
+        key = (launch.model, launch.slice_index)
+        self._slice_load[key] = self._slice_load.get(key, 0) + 1
+        if request.first_launch_s is None:
+            request.first_launch_s = now_s
+        return request
+
+    def finish(self, launch: Launch, run_s: float) -> Request:
+        """A launch ended: free its stream; the request advances (caller re-queues or retires)."""
+        request = self.requests[launch.request_id]
+        del self.running[request.id]
+        self._busy_streams.discard(launch.stream)
+        self._slice_load[(launch.model, launch.slice_index)] -= 1
+        request.device_s += run_s
+        request.next_slice += 1
+        return request
+
+    def requeue(self, request: Request) -> None:
+        self._enqueue(request)
+
+    def retire(self, request: Request) -> None:
+        """Forget a request that is not running (answered, expired or failed)."""
+        if request.id in self.running:
+            raise ValueError(f"request {request.id} is still running")
+        queue = self._ready[request.model]
+        i = bisect.bisect_left(queue, request.order_key, key=lambda r: r.order_key)
+        if i < len(queue) and queue[i] is request:
+            del queue[i]
+        del self.requests[request.id]
+        self._pending[request.model] -= 1
+
+    def _enqueue(self, request: Request) -> None:
+        bisect.insort(self._ready[request.model], request, key=lambda r: r.order_key)

@@ -1,0 +1,1 @@
+"""Serving over ZeroMQ: wire frames, the ROUTER server, and the client library."""

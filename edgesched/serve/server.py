@@ -1,0 +1,293 @@
+"""The edgesched server: a ZeroMQ ROUTER in an IO thread, the engine loop in another.
+
+IO thread: receives, checks and decodes requests, answers bad ones at once, submits good ones
+to the engine, and forwards the engine's replies to the ROUTER. The engine thread hands its
+replies to the IO thread over an inproc PUSH/PULL pair (zero-copy), because a ZeroMQ socket
+must only be used by one thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from edgesched import __version__
+from edgesched.backends import Backend, create_backend
+from edgesched.config import Config
+from edgesched.engine import Engine, Result, Submission
+from edgesched.errors import (DeadlineExceeded, EdgeschedError, InvalidInput, MessageTooLarge,
+                              RequestError, ServerUnavailable, ShuttingDown, UnknownModel)
+from edgesched.sched import make_policy
+from edgesched.serve import wire
+from edgesched.types import ModelInfo, Priority
+
+log = logging.getLogger("edgesched.server")
+_BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
+
+
+def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
+    models = {}
+    for m in config.models:
+        loaded = backend.load(m.name, m.path, m.instances)
+        models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
+                                   m.slo_ms, m.priority, m.instances, str(m.path))
+    return models
+
+
+class Server:
+    def __init__(self, config: Config, endpoint: str | None = None,
+                 backend: Backend | None = None):
+        self.config = config
+        self.endpoint = endpoint or config.server.endpoint
+        self.backend = backend or create_backend(config.device.backend, config.device.streams,
+                                                 config.device.cpu_threads_per_stream)
+        try:
+            self.models = load_models(self.backend, config)
+            policy = make_policy(config.scheduler.policy.value, config.source)
+        except BaseException:
+            self.backend.close()
+            raise
+        self.engine = Engine(self.backend, self.models, policy,
+                             queue_depth=config.limits.queue_depth, on_result=self._send_result)
+        self.stats = self.engine.stats
+        self._max_bytes = config.limits.max_message_bytes
+        self._ctx = zmq.Context()
+        self._replies = f"inproc://edgesched-replies-{id(self):x}"
+        self._tls = threading.local()
+        self._push_sockets: list[zmq.Socket] = []
+        self._push_lock = threading.Lock()
+        self._accepting = True
+        self._stop_engine = threading.Event()
+        self._stop_io = threading.Event()
+        self._ready = threading.Event()
+        self._io_error: BaseException | None = None
+        self._started_s = time.monotonic()
+        self.undeliverable = 0
+        self._threads = [threading.Thread(target=self._run_io, name="edgesched-io", daemon=True),
+                         threading.Thread(target=self._run_engine, name="edgesched-engine",
+                                          daemon=True)]
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Server":
+        self._prepare_ipc()
+        self._threads[0].start()
+        self._ready.wait()
+        if self._io_error is not None:
+            self.backend.close()
+            raise self._io_error
+        self._threads[1].start()
+        log.info("serving %d models on %s", len(self.models), self.endpoint)
+        return self
+
+    def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop intake, finish in-flight work (up to the drain timeout), then shut down."""
+        if self._stop_io.is_set():
+            return
+        timeout = self.config.server.drain_timeout_s if drain_timeout_s is None \
+            else drain_timeout_s
+        self._accepting = self.engine.accepting = False
+        give_up = time.monotonic() + timeout
+        while not self.engine.idle and time.monotonic() < give_up:
+            time.sleep(0.005)
+        self._stop_engine.set()
+        self.backend.wake()
+        self._threads[1].join()
+        # The engine thread is gone: this thread owns the engine now.
+        self.engine.abort_all(ShuttingDown("the server stopped before the request finished"))
+        self._stop_io.set()
+        self._threads[0].join()
+        for sock in self._push_sockets:
+            sock.close(linger=0)
+        self.backend.close()
+        self._ctx.term()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _prepare_ipc(self) -> None:
+        """Create the socket's directory; refuse to steal a live server's socket file."""
+        if not self.endpoint.startswith("ipc://"):
+            return
+        path = Path(self.endpoint[len("ipc://"):])
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists():
+            if _answers_ping(self._ctx, self.endpoint):
+                raise EdgeschedError(f"another server is already serving on {self.endpoint}")
+            path.unlink()  # stale file from a killed server
+
+    # --- engine thread ------------------------------------------------------------------------
+    def _run_engine(self) -> None:
+        while not self._stop_engine.is_set():
+            self.engine.step(0.05)
+
+    def _send_result(self, result: Result) -> None:
+        """Called on the engine thread (or the stopping thread): encode and hand to IO."""
+        envelope, request_id = result.reply_to
+        if result.error is not None:
+            frames = wire.encode_error(request_id, result.error)
+        else:
+            t = result.timings
+            header = {"id": request_id, "timings": {"queue_ms": t.queue_ms,
+                                                    "device_ms": t.device_ms,
+                                                    "total_ms": t.total_ms}}
+            frames = wire.encode(wire.INFER, header, result.outputs, tensor_key="outputs")
+        self._push().send_multipart(envelope + frames, copy=False)
+
+    def _push(self) -> zmq.Socket:
+        sock = getattr(self._tls, "push", None)
+        if sock is None:
+            sock = self._tls.push = self._ctx.socket(zmq.PUSH)
+            sock.connect(self._replies)
+            with self._push_lock:
+                self._push_sockets.append(sock)
+        return sock
+
+    # --- IO thread ----------------------------------------------------------------------------
+    def _run_io(self) -> None:
+        try:
+            router = self._ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unknown peer: an error, not silence
+            # Hard cap per frame: larger frames are dropped by libzmq before we see them; below
+            # it, oversize messages get a typed MessageTooLarge reply.
+            router.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes + wire.MAX_HEADER_BYTES)
+            router.bind(self.endpoint)
+            pull = self._ctx.socket(zmq.PULL)
+            pull.setsockopt(zmq.LINGER, 0)
+            pull.bind(self._replies)
+        except zmq.ZMQError as e:
+            self._io_error = EdgeschedError(f"cannot bind {self.endpoint}: {e}")
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(pull, zmq.POLLIN)
+        try:
+            while not self._stop_io.is_set():
+                events = dict(poller.poll(50))
+                if router in events:
+                    self._drain(router, self._handle, router)
+                if pull in events:
+                    self._drain(pull, self._forward, router)
+            self._drain(pull, self._forward, router)    # replies made while stopping
+        finally:
+            router.close(linger=0)
+            pull.close(linger=0)
+            if self.endpoint.startswith("ipc://"):
+                Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handler, router: zmq.Socket) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handler(frames, router)
+
+    def _forward(self, frames: list, router: zmq.Socket) -> None:
+        try:
+            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError:
+            # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM).
+            self.undeliverable += 1
+
+    def _handle(self, frames: list, router: zmq.Socket) -> None:
+        # A DEALER peer sends [id, *body]; a REQ peer [id, b"", *body]: replies mirror it.
+        split = 2 if len(frames) > 1 and len(frames[1]) == 0 else 1
+        envelope, body = [f.bytes for f in frames[:split]], frames[split:]
+        request_id = None
+        try:
+            size = sum(len(f) for f in body)
+            if size > self._max_bytes:
+                raise MessageTooLarge(f"message of {size} bytes exceeds the server's limit of "
+                                      f"{self._max_bytes} bytes")
+            msg = wire.decode([f.buffer for f in body])
+            request_id = msg.id
+            if msg.kind == wire.INFER:
+                return self._infer(envelope, msg)
+            reply = self._answer_query(msg)
+        except RequestError as e:
+            request_id = getattr(e, "request_id", request_id)
+            self._count_bad(e, request_id)
+            reply = wire.encode_error(request_id, e)
+        self._forward(envelope + reply, router)
+
+    def _count_bad(self, error: RequestError, request_id) -> None:
+        self.stats.count_bad_request(unknown_model=isinstance(error, UnknownModel))
+
+    def _answer_query(self, msg: wire.Message) -> list:
+        header = {"id": msg.id}
+        if msg.kind == wire.MODELS:
+            header["models"] = [m.to_wire() for m in self.models.values()]
+        elif msg.kind == wire.STATS:
+            header.update(self.stats.snapshot(), policy=self.engine.policy.name,
+                          backend=self.backend.name, streams=self.backend.num_streams,
+                          undeliverable=self.undeliverable,
+                          uptime_s=time.monotonic() - self._started_s)
+        elif msg.kind == wire.PING:
+            header.update(version=__version__, pid=os.getpid())
+        return [msg.kind, wire.pack_header(header)]
+
+    def _infer(self, envelope: list[bytes], msg: wire.Message) -> None:
+        now = time.monotonic()
+        h = msg.header
+        model = h.get("model")
+        if not isinstance(model, str):
+            raise InvalidInput("INFER header lacks a string 'model'")
+        info = self.models.get(model)
+        if info is None:
+            raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.models)}")
+        try:
+            priority = None if h.get("priority") is None else Priority(h["priority"])
+        except ValueError:
+            raise InvalidInput(f"priority {h['priority']!r} is not realtime or best_effort") \
+                from None
+        deadline_ms = h.get("deadline_ms")
+        if deadline_ms is not None and (isinstance(deadline_ms, bool)
+                                        or not isinstance(deadline_ms, (int, float))):
+            raise InvalidInput(f"deadline_ms must be a number of milliseconds, got {deadline_ms!r}")
+        self._check_inputs(info, msg.tensors)
+        if deadline_ms is not None and deadline_ms <= 0:
+            self.stats.count(model, "expired")
+            raise DeadlineExceeded(f"model {model!r}: deadline_ms={deadline_ms} has already passed")
+        if not self._accepting:
+            self.stats.count(model, "rejected")
+            raise ShuttingDown("the server is shutting down and accepts no new requests")
+        deadline_s = None if deadline_ms is None else now + deadline_ms / 1e3
+        self.engine.submit(Submission(model, msg.tensors, now, deadline_s, priority,
+                                      reply_to=(envelope, msg.id)))
+
+    def _check_inputs(self, info: ModelInfo, tensors: dict) -> None:
+        expected = {t.name for t in info.inputs}
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise InvalidInput(f"model {info.name!r} takes inputs {sorted(expected)}"
+                               + (f"; missing {missing}" if missing else "")
+                               + (f"; unexpected {extra}" if extra else ""))
+        for spec in info.inputs:
+            problem = spec.check(tensors[spec.name])
+            if problem:
+                raise InvalidInput(f"model {info.name!r}: {problem}")
+
+
+def _answers_ping(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart([wire.PING, wire.pack_header({"id": 0})])
+        return bool(sock.poll(timeout_ms))
+    finally:
+        sock.close()
+
+
+__all__ = ["Server", "load_models", "ServerUnavailable"]

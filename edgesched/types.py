@@ -1,0 +1,131 @@
+"""Plain values shared by every part: enums and frozen dataclasses, no behaviour."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Priority(str, enum.Enum):
+    """A model's (or one request's) priority class."""
+
+    REALTIME = "realtime"
+    BEST_EFFORT = "best_effort"
+
+
+class PolicyName(str, enum.Enum):
+    FIFO = "fifo"
+    GREEDY = "greedy"
+    PRIORITY = "priority"
+    INTERFERENCE = "interference"
+
+
+class BackendName(str, enum.Enum):
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+    SIM = "sim"
+
+
+class TelemetrySource(str, enum.Enum):
+    AUTO = "auto"
+    JTOP = "jtop"
+    SYSFS = "sysfs"
+    TEGRASTATS = "tegrastats"
+    NVML = "nvml"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named model input or output. A None dimension is dynamic (any size >= 1)."""
+
+    name: str
+    dtype: str                       # numpy dtype name, e.g. "float32"
+    shape: tuple[int | None, ...]
+
+    def check(self, array: np.ndarray) -> str | None:
+        """Why `array` does not fit this spec, or None when it does."""
+        if array.dtype != np.dtype(self.dtype):
+            return f"input {self.name!r}: dtype {array.dtype} != expected {self.dtype}"
+        if array.ndim != len(self.shape) or any(
+                want is not None and got != want for got, want in zip(array.shape, self.shape)):
+            return (f"input {self.name!r}: shape {tuple(array.shape)} != expected "
+                    f"{format_shape(self.shape)}")
+        if any(d == 0 for d in array.shape):
+            return f"input {self.name!r}: shape {tuple(array.shape)} has an empty dimension"
+        return None
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "TensorSpec":
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+def format_shape(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend reports about a loaded model: its interface and how it is cut."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    num_slices: int
+    slo_ms: float
+    priority: Priority
+    instances: int                   # concurrent requests one slice may run at once
+    source: str = ""                 # the file or directory it was loaded from
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "inputs": [t.to_wire() for t in self.inputs],
+                "outputs": [t.to_wire() for t in self.outputs], "slices": self.num_slices,
+                "slo_ms": self.slo_ms, "priority": self.priority.value,
+                "instances": self.instances}
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where one request's time went, in milliseconds."""
+
+    queue_ms: float                  # arrival -> first slice launched
+    device_ms: float                 # sum of its slices' run times
+    total_ms: float                  # arrival -> reply ready
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One slice of one model: the unit the scheduler launches."""
+
+    model: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Run `slice_index` of request `request_id` on stream `stream`: one element of a plan."""
+
+    request_id: int
+    model: str
+    slice_index: int
+    stream: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    launches: tuple[Launch, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A backend's report that one launch finished (error is None on success)."""
+
+    launch: Launch
+    started_s: float                 # monotonic clock seconds
+    finished_s: float
+    error: str | None = None
