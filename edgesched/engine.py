@@ -1,7 +1,8 @@
 """The engine loop: state -> policy.plan -> backend.launch -> backend.poll -> state.
 
 One thread runs `step` (it owns the state and the backend); any thread may `submit`.
-Every submission ends in exactly one `on_result` call: outputs, or a typed error.
+Every submission ends in exactly one `on_result` call: outputs, or a typed error. Whether to
+take new work at all (e.g. while shutting down) is the submitter's decision, not the engine's.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgesched.backends.base import Backend
-from edgesched.errors import DeadlineExceeded, Overloaded, RequestError, ServerError, ShuttingDown
+from edgesched.errors import DeadlineExceeded, Overloaded, RequestError, ServerError
 from edgesched.sched import Policy, Request, SchedState
 from edgesched.stats import Stats
 from edgesched.types import Completion, Launch, ModelInfo, Priority, Timings
@@ -55,7 +56,6 @@ class Engine:
         self._inbox: collections.deque[Submission] = collections.deque()  # thread-safe appends
         self._ids = itertools.count(1)
         self._deadlines: list[tuple[float, int]] = []                    # heap of (deadline, id)
-        self.accepting = True
 
     # --- any thread -------------------------------------------------------------------------
     def submit(self, submission: Submission) -> None:
@@ -97,9 +97,7 @@ class Engine:
             request = Request(next(self._ids), sub.model, sub.priority or info.priority,
                               sub.arrival_s, info.slo_ms / 1e3, info.num_slices, sub.deadline_s,
                               sub.reply_to)
-            if not self.accepting:
-                self._reject(request, ShuttingDown("the server is shutting down"), "rejected")
-            elif self.state.pending(sub.model) >= self._queue_depth:
+            if self.state.pending(sub.model) >= self._queue_depth:
                 self._reject(request, Overloaded(
                     f"model {sub.model!r}: {self._queue_depth} requests already queued"), "rejected")
             elif sub.deadline_s is not None and sub.deadline_s <= now:
@@ -126,16 +124,23 @@ class Engine:
         self.backend.launch(launch)
 
     def _complete(self, completions: list[Completion]) -> None:
+        now = self._clock() if completions else 0.0
         for c in completions:
             request = self.state.finish(c.launch, c.finished_s - c.started_s)
+            more = request.next_slice < request.num_slices
+            # The last slice counts when it finished; a request with slices left cannot meet a
+            # deadline that has passed by now (its heap entry may be gone: it was running).
+            late = request.deadline_s is not None and (now if more else c.finished_s) \
+                > request.deadline_s
             if c.error is not None:
                 self._fail(request, ServerError(
                     f"model {request.model!r} slice {c.launch.slice_index} failed: {c.error}"),
                     "failed")
-            elif request.deadline_s is not None and c.finished_s > request.deadline_s:
+            elif late:
                 self._fail(request, DeadlineExceeded(
-                    f"model {request.model!r}: deadline passed while running"), "expired")
-            elif request.next_slice < request.num_slices:
+                    f"model {request.model!r}: deadline passed while running (slice "
+                    f"{request.next_slice} of {request.num_slices} done)"), "expired")
+            elif more:
                 self.state.requeue(request)
             else:
                 outputs = self.backend.fetch(request.id)

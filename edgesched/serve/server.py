@@ -7,6 +7,7 @@ must only be used by one thread.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -20,13 +21,14 @@ from edgesched.backends import Backend, create_backend
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
 from edgesched.errors import (DeadlineExceeded, EdgeschedError, InvalidInput, MessageTooLarge,
-                              RequestError, ServerUnavailable, ShuttingDown, UnknownModel)
+                              RequestError, ServerError, ShuttingDown, UnknownModel)
 from edgesched.sched import make_policy
 from edgesched.serve import wire
 from edgesched.types import ModelInfo, Priority
 
 log = logging.getLogger("edgesched.server")
 _BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
+_STOP_IO = b"edgesched-stop-io"   # sent after the last reply: the IO thread may exit once read
 
 
 def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
@@ -62,7 +64,8 @@ class Server:
         self._push_lock = threading.Lock()
         self._accepting = True
         self._stop_engine = threading.Event()
-        self._stop_io = threading.Event()
+        self._stopped = False
+        self._io_done = False
         self._ready = threading.Event()
         self._io_error: BaseException | None = None
         self._started_s = time.monotonic()
@@ -73,23 +76,30 @@ class Server:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Server":
-        self._prepare_ipc()
-        self._threads[0].start()
-        self._ready.wait()
-        if self._io_error is not None:
+        try:
+            self._prepare_ipc()
+            self._threads[0].start()
+            self._ready.wait()
+            if self._io_error is not None:
+                raise self._io_error
+        except BaseException:
+            if self._threads[0].is_alive():
+                self._threads[0].join()
             self.backend.close()
-            raise self._io_error
+            self._ctx.term()
+            raise
         self._threads[1].start()
         log.info("serving %d models on %s", len(self.models), self.endpoint)
         return self
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop intake, finish in-flight work (up to the drain timeout), then shut down."""
-        if self._stop_io.is_set():
+        if self._stopped:
             return
+        self._stopped = True
         timeout = self.config.server.drain_timeout_s if drain_timeout_s is None \
             else drain_timeout_s
-        self._accepting = self.engine.accepting = False
+        self._accepting = False
         give_up = time.monotonic() + timeout
         while not self.engine.idle and time.monotonic() < give_up:
             time.sleep(0.005)
@@ -98,7 +108,8 @@ class Server:
         self._threads[1].join()
         # The engine thread is gone: this thread owns the engine now.
         self.engine.abort_all(ShuttingDown("the server stopped before the request finished"))
-        self._stop_io.set()
+        # Sent on the same pipe after the last reply, so the IO thread reads every reply first.
+        self._push().send(_STOP_IO)
         self._threads[0].join()
         for sock in self._push_sockets:
             sock.close(linger=0)
@@ -125,7 +136,13 @@ class Server:
     # --- engine thread ------------------------------------------------------------------------
     def _run_engine(self) -> None:
         while not self._stop_engine.is_set():
-            self.engine.step(0.05)
+            try:
+                self.engine.step(0.05)
+            except Exception:
+                # A bug, not a request's fault: keep serving, but answer everyone now waiting
+                # (their state may be inconsistent) rather than leave them to time out.
+                log.exception("engine step failed; failing outstanding requests")
+                self.engine.abort_all(ServerError("internal error in the engine loop"))
 
     def _send_result(self, result: Result) -> None:
         """Called on the engine thread (or the stopping thread): encode and hand to IO."""
@@ -151,18 +168,20 @@ class Server:
 
     # --- IO thread ----------------------------------------------------------------------------
     def _run_io(self) -> None:
+        router = self._ctx.socket(zmq.ROUTER)
+        pull = self._ctx.socket(zmq.PULL)
         try:
-            router = self._ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unknown peer: an error, not silence
             # Hard cap per frame: larger frames are dropped by libzmq before we see them; below
             # it, oversize messages get a typed MessageTooLarge reply.
             router.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes + wire.MAX_HEADER_BYTES)
             router.bind(self.endpoint)
-            pull = self._ctx.socket(zmq.PULL)
             pull.setsockopt(zmq.LINGER, 0)
             pull.bind(self._replies)
         except zmq.ZMQError as e:
+            router.close(linger=0)
+            pull.close(linger=0)
             self._io_error = EdgeschedError(f"cannot bind {self.endpoint}: {e}")
             self._ready.set()
             return
@@ -171,13 +190,13 @@ class Server:
         poller.register(router, zmq.POLLIN)
         poller.register(pull, zmq.POLLIN)
         try:
-            while not self._stop_io.is_set():
+            while not self._io_done:
                 events = dict(poller.poll(50))
                 if router in events:
                     self._drain(router, self._handle, router)
                 if pull in events:
                     self._drain(pull, self._forward, router)
-            self._drain(pull, self._forward, router)    # replies made while stopping
+            self._drain(pull, self._forward, router, limit=None)   # engine replies still queued
         finally:
             router.close(linger=0)
             pull.close(linger=0)
@@ -185,8 +204,8 @@ class Server:
                 Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
 
     @staticmethod
-    def _drain(sock: zmq.Socket, handler, router: zmq.Socket) -> None:
-        for _ in range(_BATCH):
+    def _drain(sock: zmq.Socket, handler, router: zmq.Socket, limit: int | None = _BATCH) -> None:
+        for _ in itertools.repeat(None) if limit is None else range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -194,6 +213,9 @@ class Server:
             handler(frames, router)
 
     def _forward(self, frames: list, router: zmq.Socket) -> None:
+        if len(frames) == 1 and frames[0].bytes == _STOP_IO:
+            self._io_done = True
+            return
         try:
             router.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:
@@ -206,23 +228,26 @@ class Server:
         envelope, body = [f.bytes for f in frames[:split]], frames[split:]
         request_id = None
         try:
-            size = sum(len(f) for f in body)
-            if size > self._max_bytes:
-                raise MessageTooLarge(f"message of {size} bytes exceeds the server's limit of "
-                                      f"{self._max_bytes} bytes")
-            msg = wire.decode([f.buffer for f in body])
+            try:
+                size = sum(len(f) for f in body)
+                if size > self._max_bytes:
+                    raise MessageTooLarge(f"message of {size} bytes exceeds the server's limit "
+                                          f"of {self._max_bytes} bytes")
+                msg = wire.decode([f.buffer for f in body])
+            except InvalidInput:
+                self.stats.count_bad_request(unknown_model=False)
+                raise
             request_id = msg.id
             if msg.kind == wire.INFER:
                 return self._infer(envelope, msg)
             reply = self._answer_query(msg)
         except RequestError as e:
-            request_id = getattr(e, "request_id", request_id)
-            self._count_bad(e, request_id)
-            reply = wire.encode_error(request_id, e)
+            reply = wire.encode_error(getattr(e, "request_id", request_id), e)
+        except Exception:
+            log.exception("request %r failed inside the server", request_id)
+            reply = wire.encode_error(request_id, ServerError("internal error handling the "
+                                                              "request"))
         self._forward(envelope + reply, router)
-
-    def _count_bad(self, error: RequestError, request_id) -> None:
-        self.stats.count_bad_request(unknown_model=isinstance(error, UnknownModel))
 
     def _answer_query(self, msg: wire.Message) -> list:
         header = {"id": msg.id}
@@ -241,21 +266,17 @@ class Server:
         now = time.monotonic()
         h = msg.header
         model = h.get("model")
-        if not isinstance(model, str):
-            raise InvalidInput("INFER header lacks a string 'model'")
-        info = self.models.get(model)
+        info = self.models.get(model) if isinstance(model, str) else None
         if info is None:
+            self.stats.count_bad_request(unknown_model=isinstance(model, str))
+            if not isinstance(model, str):
+                raise InvalidInput("INFER header lacks a string 'model'")
             raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.models)}")
         try:
-            priority = None if h.get("priority") is None else Priority(h["priority"])
-        except ValueError:
-            raise InvalidInput(f"priority {h['priority']!r} is not realtime or best_effort") \
-                from None
-        deadline_ms = h.get("deadline_ms")
-        if deadline_ms is not None and (isinstance(deadline_ms, bool)
-                                        or not isinstance(deadline_ms, (int, float))):
-            raise InvalidInput(f"deadline_ms must be a number of milliseconds, got {deadline_ms!r}")
-        self._check_inputs(info, msg.tensors)
+            deadline_ms, priority = self._check_infer(info, h, msg.tensors)
+        except InvalidInput:
+            self.stats.count(model, "invalid")
+            raise
         if deadline_ms is not None and deadline_ms <= 0:
             self.stats.count(model, "expired")
             raise DeadlineExceeded(f"model {model!r}: deadline_ms={deadline_ms} has already passed")
@@ -266,7 +287,18 @@ class Server:
         self.engine.submit(Submission(model, msg.tensors, now, deadline_s, priority,
                                       reply_to=(envelope, msg.id)))
 
-    def _check_inputs(self, info: ModelInfo, tensors: dict) -> None:
+    @staticmethod
+    def _check_infer(info: ModelInfo, h: dict, tensors: dict) -> tuple[float | None, Priority | None]:
+        """The request's deadline and priority; InvalidInput if anything does not fit."""
+        try:
+            priority = None if h.get("priority") is None else Priority(h["priority"])
+        except ValueError:
+            raise InvalidInput(f"priority {h['priority']!r} is not realtime or best_effort") \
+                from None
+        deadline_ms = h.get("deadline_ms")
+        if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(
+                deadline_ms, (int, float)) or deadline_ms != deadline_ms):
+            raise InvalidInput(f"deadline_ms must be a number of milliseconds, got {deadline_ms!r}")
         expected = {t.name for t in info.inputs}
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -277,6 +309,7 @@ class Server:
             problem = spec.check(tensors[spec.name])
             if problem:
                 raise InvalidInput(f"model {info.name!r}: {problem}")
+        return deadline_ms, priority
 
 
 def _answers_ping(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:
@@ -290,4 +323,4 @@ def _answers_ping(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> boo
         sock.close()
 
 
-__all__ = ["Server", "load_models", "ServerUnavailable"]
+__all__ = ["Server", "load_models"]

@@ -48,7 +48,7 @@ def tensor_frames(arrays: Sequence[np.ndarray]) -> tuple[list[dict], list[np.nda
     """Specs and contiguous arrays ready to send as frames (copy only if not contiguous)."""
     specs, frames = [], []
     for name, array in arrays:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")      # ascontiguousarray would make 0-d arrays 1-d
         specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
         frames.append(array)
     return specs, frames
@@ -119,7 +119,7 @@ def _tensor(spec: object, frame, i: int) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise InvalidInput(f"tensor spec {i} must be a map with a string 'name'")
     name, dtype, shape = spec["name"], spec.get("dtype"), spec.get("shape")
-    if dtype not in WIRE_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise InvalidInput(f"tensor {name!r}: dtype {dtype!r} is not one of "
                            f"{', '.join(sorted(WIRE_DTYPES))}")
     if not isinstance(shape, list) or len(shape) > 8 or not all(

@@ -1,0 +1,141 @@
+"""The `edgesched` command. Every user error ends in one line on stderr and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from edgesched import __version__
+from edgesched.config import default_endpoint, load_config, validate_endpoint
+from edgesched.errors import EdgeschedError
+from edgesched.paths import default_config
+from edgesched.sched import POLICIES
+from edgesched.table import format_table
+
+EXIT_USAGE = 2
+
+
+def _endpoint(value: str) -> str:
+    return validate_endpoint(value, "--endpoint", "endpoint")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(text)
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config (default: /etc/edgesched/config.yaml if present, "
+                             "else the shipped configs/default.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgesched", description=(
+        "Several DNNs on one Jetson GPU, in one process, with predictable latency."))
+    parser.add_argument("--version", action="version", version=f"edgesched {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the configured models until SIGINT/SIGTERM")
+    _config_arg(serve)
+    serve.add_argument("--endpoint", type=_endpoint, help="override server.endpoint")
+
+    status = sub.add_parser("status", help="show a running server's models and statistics")
+    status.add_argument("--endpoint", type=_endpoint, default=None,
+                        help=f"server endpoint (default {default_endpoint()})")
+    status.add_argument("--timeout", type=_positive(float), default=3.0, metavar="S")
+
+    demo = sub.add_parser("demo", help="serve the example models under a mixed workload")
+    demo.add_argument("--seconds", type=_positive(float), default=10.0)
+    demo.add_argument("--policy", choices=sorted(POLICIES), default=None)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    overhead = bench_sub.add_parser("overhead", help="server round trip vs in-process vs raw "
+                                                     "ZeroMQ echo")
+    _config_arg(overhead)
+    overhead.add_argument("--model", default="attention")
+    overhead.add_argument("--requests", type=_positive(int), default=2000)
+    return parser
+
+
+def _serve(args) -> int:
+    from edgesched.serve.server import Server
+    config = load_config(args.config or default_config())
+    server = Server(config, endpoint=args.endpoint).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"edgesched: serving {', '.join(server.models)} on {server.endpoint} "
+          f"({server.backend.name}, policy {config.scheduler.policy.value})", flush=True)
+    stop.wait()
+    print("edgesched: draining", flush=True)
+    server.stop()
+    return 0
+
+
+def _status(args) -> int:
+    from edgesched.serve.client import Client
+    with Client(args.endpoint, timeout_s=args.timeout) as client:
+        models, stats = client.models(), client.stats()
+    print(f"{client.endpoint}: backend {stats['backend']}, policy {stats['policy']}, "
+          f"{stats['streams']} streams, up {stats['uptime_s']:.0f} s")
+    print(format_table(["model", "priority", "slo_ms", "slices", "inputs"], [
+        [m["name"], m["priority"], m["slo_ms"], m["slices"],
+         ", ".join(f"{t['name']}:{t['dtype']}{t['shape']}" for t in m["inputs"])]
+        for m in models]))
+    print()
+    print(format_table(
+        ["model", "completed", "p50_ms", "p99_ms", "slo_met", "queued", "rejected", "expired",
+         "failed", "invalid"],
+        [[name, s["completed"], s["p50_ms"], s["p99_ms"],
+          None if s["slo_attainment"] is None else f"{100 * s['slo_attainment']:.1f}%",
+          s["queue_depth"], s["rejected"], s["expired"], s["failed"], s["invalid"]]
+         for name, s in stats["models"].items()]))
+    return 0
+
+
+def _demo(args) -> int:
+    from edgesched.demo import run_demo
+    print(run_demo(args.seconds, args.policy), flush=True)
+    return 0
+
+
+def _bench(args) -> int:
+    from edgesched.bench import bench_overhead
+    config = load_config(args.config or default_config())
+    print(bench_overhead(config, args.model, n=args.requests), flush=True)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "status": _status, "demo": _demo, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeschedError as e:
+        print(f"edgesched: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as e:
+        print(f"edgesched: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""YAML config file -> typed, frozen sections; each part of edgesched receives only its own.
+
+Every problem raises ConfigError naming the file and the key path (`models[1].slo_ms`). The
+first problem found is raised; nothing is dropped, defaulted or coerced silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgesched.errors import ConfigError
+from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource
+
+SYSTEMD_ENDPOINT = "ipc:///run/edgesched/edgesched.sock"
+SIM_DEVICES = ("orin-agx", "orin-nx", "orin-nano", "xavier-agx")
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Bracketed IPv6, or a host name / IPv4 / interface / `*` without ':' or '/'.
+_TCP = re.compile(r"(\[[^\]\s/]+\]|[^\s/:\[\]]+):([0-9]{1,5})")
+# sun_path is 108 bytes with the NUL; zmq would fail only at bind time, less clearly.
+_IPC_PATH_MAX_BYTES = 107
+
+
+def default_endpoint() -> str:
+    """The per-user ipc endpoint for `endpoint: null`; the server creates its directory.
+
+    XDG_RUNTIME_DIR is private to the user; /tmp serves sessions without one (plain ssh).
+    """
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime_dir):
+        return f"ipc://{runtime_dir.rstrip('/')}/edgesched/edgesched.sock"
+    return f"ipc:///tmp/edgesched-{os.getuid()}/edgesched.sock"
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    backend: BackendName = BackendName.AUTO  # auto: tensorrt if importable, else onnxruntime
+    sim_device: str = "orin-nano"            # read only by backend sim; one of SIM_DEVICES
+    streams: int = 4                         # CUDA streams (worker threads on CPU)
+    cpu_threads_per_stream: int = 1          # ONNX Runtime intra-op threads per stream
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    endpoint: str = field(default_factory=default_endpoint)  # a zmq endpoint, never None
+    drain_timeout_s: float = 10.0            # on SIGTERM: time to finish in-flight requests
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    policy: PolicyName = PolicyName.PRIORITY
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 64 * 1024 * 1024  # one request message, all frames together
+    queue_depth: int = 64                      # queued requests per model before Overloaded
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: Path                               # absolute; a .onnx/.engine/.plan file or sliced dir
+    slo_ms: float
+    priority: Priority = Priority.BEST_EFFORT
+    instances: int = 1                       # concurrent requests one slice may run at once
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    models: tuple[ModelConfig, ...]
+    profile: Path | None = None              # absolute; may not exist yet (calibrate writes it)
+    telemetry: TelemetrySource = TelemetrySource.AUTO
+    source: str = "<config>"                 # the file it came from, for messages
+
+
+# --- value checks: each returns the typed value or raises _Invalid -------------------------
+
+class _Invalid(Exception):
+    """(expected, got) from a failed check; the caller adds the file and key path."""
+
+
+class _Text:
+    """A `got` shown as written (ConfigError repr()s what it is given)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+_ABSENT = _Text("nothing")  # handed to a check when a required key is missing
+
+
+def _got(value: object) -> object:
+    if isinstance(value, _Text):
+        return value
+    text = repr(value)  # long values are cut so the message stays a readable line
+    return _Text(text[:77] + "..." if len(text) > 80 else text)
+
+
+def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    what = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+    def check(v: Any) -> int:
+        # bool is an int subclass; `streams: yes` is a mistake, not 1.
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise _Invalid(what, v)
+        return v
+    return check
+
+
+def _positive(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise _Invalid("a finite number > 0", v)
+    return float(v)
+
+
+def _one_of(choices: Any) -> Callable[[Any], Any]:
+    values = [c.value for c in choices] if isinstance(choices, type) else list(choices)
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, str) or v not in values:
+            raise _Invalid("one of " + ", ".join(values), v)
+        return choices(v) if isinstance(choices, type) else v
+    return check
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not _NAME.fullmatch(v):
+        raise _Invalid(f"a model name matching {_NAME.pattern}", v)
+    return v
+
+
+def _resolve(v: Any, base_dir: Path) -> Path:
+    if not isinstance(v, str) or not v.strip():
+        raise _Invalid("a file path", v)
+    return Path(os.path.abspath(base_dir / Path(v).expanduser()))
+
+
+def _model_path(v: Any, base_dir: Path) -> Path:
+    path = _resolve(v, base_dir)
+    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
+        return path
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return path
+    why = ("a directory without manifest.json" if path.is_dir() else
+           "a file of another kind" if path.exists() else "which does not exist")
+    where = f"{v!r}" if str(path) == v else f"{v!r} (resolved to {str(path)!r})"
+    raise _Invalid("an existing .onnx, .engine or .plan file, or a directory containing "
+                   "manifest.json", _Text(f"{where}, {why}"))
+
+
+def _endpoint(v: Any) -> str:
+    scheme, _, rest = v.partition("://") if isinstance(v, str) else ("", "", "")
+    if scheme == "ipc" and rest:
+        if len(rest.encode()) > _IPC_PATH_MAX_BYTES:
+            raise _Invalid(f"an ipc path of at most {_IPC_PATH_MAX_BYTES} bytes "
+                           "(the unix socket limit)", v)
+        return v
+    if scheme == "inproc" and rest:
+        return v
+    if scheme == "tcp":
+        m = _TCP.fullmatch(rest)
+        # No implicit all-interfaces: `*` or 0.0.0.0 must be written out.
+        if not m or not 1 <= int(m.group(2)) <= 65535:
+            raise _Invalid("tcp://<host>:<port> with a host (`*` or 0.0.0.0 for all interfaces) "
+                           "and a port from 1 to 65535", v)
+        return v
+    raise _Invalid("ipc://<path>, tcp://<host>:<port> or inproc://<name>", v)
+
+
+def validate_endpoint(endpoint: str, source: str, key: str) -> str:
+    """`endpoint` unchanged if zmq can bind or connect to it, else ConfigError (also for CLI)."""
+    try:
+        return _endpoint(endpoint)
+    except _Invalid as e:
+        raise ConfigError(source, key, e.args[0], _got(e.args[1])) from None
+
+
+# --- sections: key -> check tables, defaults taken from the dataclasses ---------------------
+
+_Checks = Mapping[str, Callable[[Any], Any]]
+
+_DEVICE: _Checks = {"backend": _one_of(BackendName), "sim_device": _one_of(SIM_DEVICES),
+                    "streams": _integer(1, 32), "cpu_threads_per_stream": _integer(1, 64)}
+_SERVER: _Checks = {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
+                    "drain_timeout_s": _positive}
+_SCHEDULER: _Checks = {"policy": _one_of(PolicyName)}
+_LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1)}
+
+
+def _join(prefix: str, key: object) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _fields(source: str, prefix: str, data: Any, cls: type, checks: _Checks) -> dict[str, Any]:
+    """Checked keyword arguments for `cls` from mapping `data`; omitted keys keep defaults."""
+    if not isinstance(data, Mapping):
+        got = _Text("an empty file") if data is None and not prefix else _got(data)
+        raise ConfigError(source, prefix or "top level",
+                          f"a mapping with keys {', '.join(checks)}", got)
+    for key in data:
+        if key not in checks:
+            close = difflib.get_close_matches(str(key), checks, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(source, _join(prefix, key), f"one of the keys {', '.join(checks)}",
+                              _Text(f"unknown key {_got(key)}{hint}"))
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    out = {}
+    for key, check in checks.items():
+        if key in data or key in required:
+            try:
+                out[key] = check(data.get(key, _ABSENT))
+            except _Invalid as e:
+                raise ConfigError(source, _join(prefix, key), e.args[0], _got(e.args[1])) from None
+    return out
+
+
+def _models(source: str, data: Any, base_dir: Path) -> tuple[ModelConfig, ...]:
+    if not isinstance(data, (list, tuple)) or not data:
+        raise _Invalid("a list of at least one model", data)
+    checks: _Checks = {"name": _name, "path": lambda v: _model_path(v, base_dir),
+                       "slo_ms": _positive, "priority": _one_of(Priority),
+                       "instances": _integer(1, 16)}
+    models: list[ModelConfig] = []
+    for i, entry in enumerate(data):
+        model = ModelConfig(**_fields(source, f"models[{i}]", entry, ModelConfig, checks))
+        for j, earlier in enumerate(models):
+            if earlier.name == model.name:
+                raise ConfigError(source, f"models[{i}].name",
+                                  f"a name not already used by models[{j}]", model.name)
+        models.append(model)
+    return tuple(models)
+
+
+def parse_config(data: object, source: str, base_dir: Path) -> Config:
+    """A Config from loaded YAML; relative paths are resolved against `base_dir`."""
+    def section(name: str, cls: type, checks: _Checks) -> Callable[[Any], Any]:
+        # `device:` with every key commented out parses as None: that means "all defaults".
+        return lambda v: cls(**_fields(source, name, {} if v is None else v, cls, checks))
+
+    checks: _Checks = {
+        "device": section("device", DeviceConfig, _DEVICE),
+        "server": section("server", ServerConfig, _SERVER),
+        "scheduler": section("scheduler", SchedulerConfig, _SCHEDULER),
+        "limits": section("limits", LimitsConfig, _LIMITS),
+        "profile": lambda v: None if v is None else _resolve(v, base_dir),
+        "telemetry": _one_of(TelemetrySource),
+        "models": lambda v: _models(source, v, base_dir),
+    }
+    return Config(**_fields(source, "", data, Config, checks), source=source)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects repeated keys, which PyYAML would let the last one win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            # Merge keys (`<<: *base`) may be overridden on purpose; only literal repeats count.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read and validate a YAML config file."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(source, "file", "a readable UTF-8 YAML file", _Text(reason)) from e
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, where, "valid YAML",
+                          _Text("a syntax error: " + " ".join(problem.split()))) from e
+    return parse_config(data, source, Path(path).parent)

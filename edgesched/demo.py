@@ -1,0 +1,113 @@
+"""`edgesched demo`: serve the shipped example models and drive a mixed workload at them.
+
+Realtime models get camera-like clients (fixed frame rate; a late frame is sent as soon as the
+previous answer arrives, as a camera pipeline would); best-effort models get closed-loop
+clients that send again as soon as answered. Latencies are measured by the clients.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgesched.config import Config, load_config
+from edgesched.errors import RequestError
+from edgesched.paths import shipped
+from edgesched.serve.client import Client
+from edgesched.serve.server import Server
+from edgesched.table import format_table
+from edgesched.types import PolicyName, Priority
+
+CAMERA_FPS = {"convnet": 30.0, "depthwise": 15.0}   # frames/s per realtime model
+CLOSED_LOOP_CLIENTS = 2                               # per best-effort model
+
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add_error(self, error: RequestError) -> None:
+        self.errors[type(error).__name__] = self.errors.get(type(error).__name__, 0) + 1
+
+
+def _inputs(spec: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {t["name"]: rng.random([d or 1 for d in t["shape"]]).astype(t["dtype"])
+            for t in spec["inputs"]}
+
+
+def _drive(client: Client, spec: dict, period_s: float | None, stop_s: float,
+           tally: Tally, lock: threading.Lock, seed: int) -> None:
+    inputs = _inputs(spec, np.random.default_rng(seed))
+    next_s = time.monotonic()
+    while True:
+        if period_s is not None:
+            time.sleep(max(0.0, next_s - time.monotonic()))
+            next_s += period_s
+        start = time.monotonic()
+        if start >= stop_s:
+            return
+        try:
+            client.infer(spec["name"], inputs)
+            with lock:
+                tally.latencies_ms.append((time.monotonic() - start) * 1e3)
+        except RequestError as e:
+            with lock:
+                tally.add_error(e)
+
+
+def run_demo(seconds: float = 10.0, policy: str | None = None,
+             config: Config | None = None) -> str:
+    """Serve, drive the workload for `seconds`, and return the printed report."""
+    config = config or load_config(shipped("configs/default.yaml"))
+    if policy is not None:
+        config = dataclasses.replace(config, scheduler=dataclasses.replace(
+            config.scheduler, policy=PolicyName(policy)))
+    with tempfile.TemporaryDirectory(prefix="edgesched-demo-") as tmp:
+        endpoint = f"ipc://{Path(tmp) / 'demo.sock'}"
+        with Server(config, endpoint=endpoint) as server, \
+                Client(endpoint, timeout_s=30.0) as client:
+            specs = client.models()
+            tallies = {s["name"]: Tally() for s in specs}
+            lock = threading.Lock()
+            stop_s = time.monotonic() + seconds
+            threads = []
+            for i, spec in enumerate(specs):
+                realtime = spec["priority"] == Priority.REALTIME.value
+                fps = CAMERA_FPS.get(spec["name"], 20.0)
+                for j in range(1 if realtime else CLOSED_LOOP_CLIENTS):
+                    threads.append(threading.Thread(target=_drive, args=(
+                        client, spec, 1.0 / fps if realtime else None, stop_s,
+                        tallies[spec["name"]], lock, 100 * i + j), daemon=True))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            stats = client.stats()
+    return _report(specs, tallies, stats, seconds)
+
+
+def _report(specs: list[dict], tallies: dict[str, Tally], stats: dict, seconds: float) -> str:
+    rows = []
+    for spec in specs:
+        tally = tallies[spec["name"]]
+        lat = np.asarray(tally.latencies_ms)
+        answered = lat.size + sum(tally.errors.values())
+        met = int((lat <= spec["slo_ms"]).sum())
+        rows.append([
+            spec["name"], spec["priority"], spec["slo_ms"], lat.size,
+            float(np.percentile(lat, 50)) if lat.size else None,
+            float(np.percentile(lat, 99)) if lat.size else None,
+            lat.size / seconds, f"{100.0 * met / answered:.1f}%" if answered else "-",
+            ", ".join(f"{k} {v}" for k, v in tally.errors.items()) or "-",
+        ])
+    table = format_table(["model", "priority", "slo_ms", "ok", "p50_ms", "p99_ms", "req/s",
+                          "slo_met", "errors"], rows)
+    return (f"edgesched demo: {seconds:g} s, backend {stats['backend']}, policy "
+            f"{stats['policy']}, {stats['streams']} streams (latency measured by the clients)\n"
+            + table)
