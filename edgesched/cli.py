@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgesched import __version__
 from edgesched.config import default_endpoint, load_config, validate_endpoint
-from edgesched.errors import EdgeschedError
+from edgesched.errors import ConfigError, EdgeschedError
 from edgesched.paths import default_config
 from edgesched.sched import POLICIES
 from edgesched.table import format_table
@@ -19,8 +19,18 @@ from edgesched.table import format_table
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage block is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _endpoint(value: str) -> str:
-    return validate_endpoint(value, "--endpoint", "endpoint")
+    try:
+        return validate_endpoint(value, "--endpoint", "endpoint")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"expected {e.expected}, got {value!r}") from None
 
 
 def _positive(kind):
@@ -40,7 +50,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgesched", description=(
+    parser = _Parser(prog="edgesched", description=(
         "Several DNNs on one Jetson GPU, in one process, with predictable latency."))
     parser.add_argument("--version", action="version", version=f"edgesched {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
