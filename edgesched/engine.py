@@ -77,7 +77,8 @@ class Engine:
         self._complete(self.backend.poll(self._wait_s(now, max_wait_s)))
 
     def abort_all(self, error: RequestError) -> None:
-        """Answer every queued and running request with `error` (used after a drain timeout)."""
+        """Answer every queued and running request with `error`. Terminal: call it only once the
+        engine thread has stopped (after a drain timeout); the engine must not step again."""
         self._admit(self._clock())
         for request in list(self.state.requests.values()):
             self.state.running.pop(request.id, None)
@@ -130,8 +131,8 @@ class Engine:
             more = request.next_slice < request.num_slices
             # The last slice counts when it finished; a request with slices left cannot meet a
             # deadline that has passed by now (its heap entry may be gone: it was running).
-            late = request.deadline_s is not None and (now if more else c.finished_s) \
-                > request.deadline_s
+            late = request.deadline_s is not None and (
+                now >= request.deadline_s if more else c.finished_s > request.deadline_s)
             if c.error is not None:
                 self._fail(request, ServerError(
                     f"model {request.model!r} slice {c.launch.slice_index} failed: {c.error}"),

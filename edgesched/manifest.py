@@ -65,6 +65,8 @@ def _specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
                 or not isinstance(item.get("dtype"), str) or not isinstance(item.get("shape"), list):
             raise ValueError(f"{where}[{i}] needs name, dtype and shape")
+        if any(isinstance(d, bool) for d in item["shape"]):
+            raise ValueError(f"{where}[{i}].shape must hold integers")
         shape = tuple(None if d is None or (isinstance(d, int) and d < 0) else d
                       for d in item["shape"])
         if not all(d is None or isinstance(d, int) for d in shape):
@@ -79,16 +81,28 @@ def _slice(raw: object, i: int) -> SliceEntry:
     names = {k: raw.get(k) for k in ("inputs", "outputs")}
     if raw.get("index") != i:
         raise ValueError(f"slices[{i}].index must be {i}")
-    if not isinstance(raw.get("file"), str):
-        raise ValueError(f"slices[{i}].file must be a file name")
+    if not _is_local_name(raw.get("file")):
+        raise ValueError(f"slices[{i}].file must be a file name inside the model directory")
     for key, value in names.items():
         if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
             raise ValueError(f"slices[{i}].{key} must be a non-empty list of tensor names")
     engine = raw.get("engine")
-    if engine is not None and not isinstance(engine, str):
-        raise ValueError(f"slices[{i}].engine must be a file name")
-    return SliceEntry(i, raw["file"], tuple(names["inputs"]), tuple(names["outputs"]),
-                      raw.get("cost") or {}, engine)
+    if engine is not None and not _is_local_name(engine):
+        raise ValueError(f"slices[{i}].engine must be a file name inside the model directory")
+    cost = raw.get("cost") or {}
+    if not isinstance(cost, dict):
+        raise ValueError(f"slices[{i}].cost must be an object")
+    return SliceEntry(i, raw["file"], tuple(names["inputs"]), tuple(names["outputs"]), cost,
+                      engine)
+
+
+def _is_local_name(name: object) -> bool:
+    """A relative path that stays inside the manifest's directory (model files come only from
+    the configured directories, never from wherever a manifest points)."""
+    if not isinstance(name, str) or not name:
+        return False
+    path = Path(name)
+    return not path.is_absolute() and ".." not in path.parts
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -77,7 +77,8 @@ class PriorityStreams:
         def urgency(r: Request) -> tuple:
             # Realtime by least slack (earliest objective), then best-effort by arrival.
             if r.priority is Priority.REALTIME:
-                return (0, min(r.slo_deadline_s, r.deadline_s or float("inf")), r.id)
+                hard = float("inf") if r.deadline_s is None else r.deadline_s
+                return (0, min(r.slo_deadline_s, hard), r.id)
             return (1, r.arrival_s, r.id)
 
         return _fill(state, sorted(state.waiting(), key=urgency), pick)

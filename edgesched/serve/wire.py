@@ -44,7 +44,7 @@ def pack_header(header: dict) -> bytes:
     return msgpack.packb({"v": PROTOCOL_VERSION, **header}, use_bin_type=True)
 
 
-def tensor_frames(arrays: Sequence[np.ndarray]) -> tuple[list[dict], list[np.ndarray]]:
+def tensor_frames(arrays: Sequence[tuple[str, np.ndarray]]) -> tuple[list[dict], list[np.ndarray]]:
     """Specs and contiguous arrays ready to send as frames (copy only if not contiguous)."""
     specs, frames = [], []
     for name, array in arrays:
