@@ -43,6 +43,18 @@ def _positive(kind):
     return parse
 
 
+def _int_range(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low}..{high}, got {value}")
+        return value
+    return parse
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config (default: /etc/edgesched/config.yaml if present, "
@@ -68,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="serve the example models under a mixed workload")
     demo.add_argument("--seconds", type=_positive(float), default=10.0)
     demo.add_argument("--policy", choices=sorted(POLICIES), default=None)
+
+    build = sub.add_parser("build", help="cut an ONNX model into slices (+ TensorRT engines)")
+    build.add_argument("model", type=Path, help="the .onnx file")
+    build.add_argument("--slices", type=_int_range(1, 64), required=True, metavar="N")
+    build.add_argument("--out", type=Path, required=True, metavar="DIR")
+    build.add_argument("--name", default=None, help="model name (default: the file's stem)")
+    build.add_argument("--fp16", action="store_true", help="TensorRT FP16 engines")
+    build.add_argument("--dla", type=_int_range(0, 7), default=None, metavar="CORE",
+                       help="build for a DLA core, GPU fallback on (needs --fp16)")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -128,7 +149,15 @@ def _bench(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "status": _status, "demo": _demo, "bench": _bench}
+def _build(args) -> int:
+    from edgesched.backends.tensorrt import BuildOptions
+    from edgesched.build import build
+    print(build(args.model, args.slices, args.out, args.name,
+                BuildOptions(fp16=args.fp16, dla_core=args.dla)), flush=True)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
 
 
 def main(argv: list[str] | None = None) -> int:
