@@ -13,13 +13,15 @@ def resolve_backend_name(name: BackendName) -> BackendName:
     """`auto`: TensorRT when its backend can run here, else ONNX Runtime on the CPU."""
     if name is not BackendName.AUTO:
         return name
-    if importlib.util.find_spec("tensorrt") is not None and _has_module("tensorrt"):
+    if importlib.util.find_spec("tensorrt") is not None and _tensorrt_runtime_ready():
         return BackendName.TENSORRT
     return BackendName.ONNXRUNTIME
 
 
-def _has_module(backend: str) -> bool:
-    return importlib.util.find_spec(f"edgesched.backends.{backend}") is not None
+def _tensorrt_runtime_ready() -> bool:
+    """Our TensorRT module builds engines today; serving needs its runtime backend class."""
+    from edgesched.backends import tensorrt    # imports tensorrt itself only when used
+    return hasattr(tensorrt, "TensorRTBackend")
 
 
 def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int = 1) -> Backend:

@@ -57,17 +57,21 @@ def _new_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
 
 
 class Pending:
-    """A request in flight on one client thread."""
+    """A request in flight on one client thread. After `result()`, `timings` holds the
+    server's view of an INFER request: queue_ms, device_ms, total_ms (arrival -> done)."""
 
     def __init__(self, client: "Client", request_id: int, timeout_s: float):
         self._client, self.id = client, request_id
         self._give_up_s = time.monotonic() + timeout_s
         self._thread = threading.get_ident()
+        self.timings: dict | None = None
 
     def result(self):
         if threading.get_ident() != self._thread:
             raise RuntimeError("collect a Pending on the thread that submitted it")
-        return self._client._wait(self.id, self._give_up_s)
+        msg = self._client._wait(self.id, self._give_up_s)
+        self.timings = msg.header.get("timings")
+        return _result(msg)
 
 
 class Client:
@@ -125,7 +129,7 @@ class Client:
                     raise ServerUnavailable("the client is closed")
                 tls.sock = _new_socket(self._ctx, self.endpoint)
                 self._sockets.append(tls.sock)
-            tls.stash, tls.abandoned = {}, set()
+            tls.stash = {}
         return tls
 
     def _send(self, kind: bytes, header: dict, tensors=None) -> Pending:
@@ -144,9 +148,13 @@ class Client:
                     raise ServerUnavailable(f"no reply from {self.endpoint} within "
                                             f"{self.timeout_s:g} s")
                 continue
-            msg = wire.decode_reply([f.buffer for f in tls.sock.recv_multipart(copy=False)])
-            tls.stash[msg.id] = msg
-        return _result(tls.stash.pop(request_id))
+            try:
+                msg = wire.decode_reply([f.buffer for f in tls.sock.recv_multipart(copy=False)])
+            except InvalidInput:
+                continue      # not a reply we can read: whoever waits for it times out
+            if msg.id is not None:    # None: an error about a request the server could not read
+                tls.stash[msg.id] = msg
+        return tls.stash.pop(request_id)
 
     def _reset(self, tls) -> None:
         """Drop a socket that timed out: its queued requests and late replies go with it."""
@@ -228,6 +236,6 @@ class AsyncClient:
                 msg = wire.decode_reply([f.buffer for f in frames])
             except InvalidInput:
                 continue              # not a reply we can attribute; its caller times out
-            future = self._waiting.get(msg.id)
+            future = self._waiting.get(msg.id) if msg.id is not None else None
             if future is not None and not future.done():
                 future.set_result(msg)

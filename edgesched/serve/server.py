@@ -231,6 +231,9 @@ class Server:
             try:
                 size = sum(len(f) for f in body)
                 if size > self._max_bytes:
+                    # The header is small and bounded: read the id so the client can match
+                    # the error to its request.
+                    request_id = _peek_id(body)
                     raise MessageTooLarge(f"message of {size} bytes exceeds the server's limit "
                                           f"of {self._max_bytes} bytes")
                 msg = wire.decode([f.buffer for f in body])
@@ -310,6 +313,13 @@ class Server:
             if problem:
                 raise InvalidInput(f"model {info.name!r}: {problem}")
         return deadline_ms, priority
+
+
+def _peek_id(body: list) -> int | None:
+    try:
+        return wire.decode_header(body[1].buffer)["id"] if len(body) > 1 else None
+    except InvalidInput:
+        return None
 
 
 def _answers_ping(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:

@@ -75,7 +75,7 @@ def decode(frames: Sequence, tensor_key: str = "inputs",
     kind = bytes(frames[0])
     if kind not in kinds:
         raise InvalidInput(f"unknown message type {kind[:16]!r}")
-    header = decode_header(frames[1])
+    header = decode_header(frames[1], reply=ERROR in kinds)
     try:
         return _decode_body(kind, header, frames, tensor_key)
     except InvalidInput as e:
@@ -98,7 +98,9 @@ def _decode_body(kind: bytes, header: dict, frames: Sequence, tensor_key: str) -
     return Message(kind, header, tensors)
 
 
-def decode_header(frame) -> dict:
+def decode_header(frame, reply: bool = False) -> dict:
+    """A request header must carry an integer id; an error reply may carry None (the server
+    could not read the request it answers)."""
     if len(frame) > MAX_HEADER_BYTES:
         raise InvalidInput(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -110,7 +112,9 @@ def decode_header(frame) -> dict:
     if header.get("v") != PROTOCOL_VERSION:
         raise InvalidInput(f"protocol version {header.get('v')!r} is not supported "
                            f"(this server speaks {PROTOCOL_VERSION})")
-    if "id" not in header or not isinstance(header["id"], int) or isinstance(header["id"], bool):
+    rid = header.get("id")
+    if not (isinstance(rid, int) and not isinstance(rid, bool) or reply and rid is None
+            and "id" in header):
         raise InvalidInput("header lacks an integer 'id'")
     return header
 

@@ -1,0 +1,32 @@
+"""`backend: auto` picks what can actually serve on this machine."""
+import sys
+import types
+
+import pytest
+
+from edgesched.backends import create_backend, resolve_backend_name
+from edgesched.errors import BackendUnavailable
+from edgesched.types import BackendName
+
+
+def test_auto_falls_back_to_onnxruntime_without_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)      # import tensorrt -> ImportError
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: None if name == "tensorrt" else object())
+    assert resolve_backend_name(BackendName.AUTO) is BackendName.ONNXRUNTIME
+
+
+def test_auto_keeps_onnxruntime_while_tensorrt_cannot_serve_yet(monkeypatch):
+    fake = types.ModuleType("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    real = __import__("importlib").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *a: object() if name == "tensorrt" else real(name, *a))
+    assert resolve_backend_name(BackendName.AUTO) is BackendName.ONNXRUNTIME
+
+
+@pytest.mark.parametrize("name", [BackendName.TENSORRT, BackendName.SIM])
+def test_unbuilt_backends_are_refused_in_one_line(name):
+    with pytest.raises(BackendUnavailable) as err:
+        create_backend(name, streams=1)
+    assert "\n" not in str(err.value) and name.value in str(err.value)
