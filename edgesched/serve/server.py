@@ -85,6 +85,7 @@ class Server:
         except BaseException:
             if self._threads[0].is_alive():
                 self._threads[0].join()
+            self._stopped = True                 # everything is released: stop() is a no-op
             self.backend.close()
             self._ctx.term()
             raise
@@ -97,6 +98,10 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        if self._threads[1].ident is None:       # never started
+            self.backend.close()
+            self._ctx.term()
+            return
         timeout = self.config.server.drain_timeout_s if drain_timeout_s is None \
             else drain_timeout_s
         self._accepting = False
