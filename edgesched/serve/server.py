@@ -203,7 +203,9 @@ class Server:
                     self._drain(pull, self._forward, router)
             self._drain(pull, self._forward, router, limit=None)   # engine replies still queued
         finally:
-            router.close(linger=0)
+            # Replies still being written out (large tensors) get up to the drain timeout;
+            # replies to clients that are gone are dropped by libzmq, not waited for.
+            router.close(linger=int(self.config.server.drain_timeout_s * 1000))
             pull.close(linger=0)
             if self.endpoint.startswith("ipc://"):
                 Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
