@@ -44,7 +44,8 @@ class SlicePlan:
     @property
     def balance(self) -> float:
         """Largest slice cost / mean slice cost (1.0 is perfect)."""
-        return max(self.costs_us) / (sum(self.costs_us) / len(self.costs_us))
+        mean = sum(self.costs_us) / len(self.costs_us)
+        return max(self.costs_us) / mean if mean > 0 else 1.0
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:
@@ -168,44 +169,66 @@ def _split_further(prefix: np.ndarray, points: list[int], cuts: list[int],
 
 def plan_slices(model: onnx.ModelProto, parts: int,
                 measured_us: dict[str, float] | None = None) -> SlicePlan:
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
     graph = _Graph(model)
     costs, _ = _node_costs_us(model, graph, measured_us)
     n = len(graph.nodes)
+    if n == 0:
+        raise ModelLoadError(f"{model.graph.name or 'the model'} has no compute nodes to slice "
+                             "(every output is a constant)")
+    typed = _typed(model)
     notes = []
     if parts > n:
         notes.append(f"asked for {parts} slices but the graph has only {n} compute nodes")
         parts = max(n, 1)
     prefix = np.concatenate([[0.0], np.cumsum(costs)])
     heaviest = int(np.argmax(costs))
-    if costs[heaviest] > prefix[-1] / parts:
+    if costs[heaviest] * parts > 1.05 * prefix[-1]:   # only when it bounds balance noticeably
         notes.append(f"node {graph.nodes[heaviest].name or heaviest!r} alone is "
                      f"{100 * costs[heaviest] / prefix[-1]:.0f}% of the model: no cut balances "
                      f"better than {costs[heaviest] * parts / prefix[-1]:.2f}")
-    width = {cut: len(graph.crossing(cut)) for cut in range(1, n)}
-    widths = sorted(set(width.values()))
-    _, unrestricted = _min_max_cuts(prefix, list(range(1, n)), parts)
+    # A cut passes tensors between engines, so their types must be known (a custom op whose
+    # outputs shape inference cannot type is fine inside a slice, not at its edge).
+    crossing = {cut: graph.crossing(cut) for cut in range(1, n)}
+    width = {cut: len(ts) for cut, ts in crossing.items() if all(t in typed for t in ts)}
+    usable = sorted(width)
+    if len(usable) < n - 1:
+        notes.append(f"{n - 1 - len(usable)} cut points skipped: a tensor there has no "
+                     "inferred type")
+    _, unrestricted = _min_max_cuts(prefix, usable, parts)
+    unrestricted = _split_further(prefix, usable, unrestricted, parts)
     best_bound = _bound(prefix, unrestricted)
     cuts = unrestricted
-    for w in widths:                                   # narrowest cut points first
-        points = [c for c in range(1, n) if width[c] <= w]
+    for w in sorted(set(width.values())):              # narrowest cut points first
+        points = [c for c in usable if width[c] <= w]
         _, candidate = _min_max_cuts(prefix, points, parts)
         candidate = _split_further(prefix, points, candidate, parts)
-        if len(candidate) == parts - 1 and _bound(prefix, candidate) <= BALANCE_SLACK * best_bound:
+        if len(candidate) == len(unrestricted) \
+                and _bound(prefix, candidate) <= BALANCE_SLACK * best_bound:
             cuts = candidate
             break
-    cuts = _split_further(prefix, list(range(1, n)), cuts, parts)
     if len(cuts) < parts - 1:
         notes.append(f"only {len(cuts) + 1} slices are possible")
     edges = [0, *cuts, n]
     bounds = tuple(zip(edges[:-1], edges[1:]))
     plan = SlicePlan(bounds, tuple(float(prefix[b] - prefix[a]) for a, b in bounds),
-                     tuple(tuple(graph.crossing(c)) for c in cuts), tuple(notes))
+                     tuple(tuple(crossing[c]) for c in cuts), tuple(notes))
     return plan
 
 
 def _bound(prefix: np.ndarray, cuts: list[int]) -> float:
     edges = [0, *sorted(cuts), len(prefix) - 1]
     return max(prefix[b] - prefix[a] for a, b in zip(edges[:-1], edges[1:]))
+
+
+def _typed(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose element type is known after shape inference (run here if the caller did
+    not: load_onnx already has)."""
+    if model.graph.node and not model.graph.value_info:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return {name for name, info in _value_infos(model).items()
+            if info.type.tensor_type.elem_type != onnx.TensorProto.UNDEFINED}
 
 
 def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -258,9 +281,14 @@ def _slice_model(model: onnx.ModelProto, graph: _Graph, infos: dict, start: int,
                 inputs.append(x)
         made_here.update(o for o in node.output if o)
     # A graph output leaves from the slice that makes it (the manifest allows any slice to
-    # produce model outputs), so it never widens later cuts.
+    # produce model outputs), so it never widens later cuts. Constant outputs (fixed anchor
+    # boxes, say) leave from the last slice, which makes them.
     outputs = [o for n in nodes for o in n.output
                if o and (graph.last_use.get(o, -1) >= end or o in graph.outputs)]
+    if end == len(graph.nodes):
+        fixed = [o for o in graph.outputs if o in graph.constant and o not in outputs]
+        constants.update(fixed)
+        outputs += fixed
     const_nodes, inits = _constant_closure(graph, constants)
     missing = [x for x in inputs + outputs if x not in infos]
     if missing:
@@ -306,6 +334,8 @@ def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | N
     _, node_costs = _node_costs_us(model, graph, measured_us)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("slice_[0-9][0-9].*"):   # from an earlier build with more slices
+        stale.unlink()
     entries = []
     for k, ((start, end), est_us) in enumerate(zip(plan.bounds, plan.costs_us)):
         sub, inputs, outputs = _slice_model(model, graph, infos, start, end, k)

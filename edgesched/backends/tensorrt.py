@@ -26,6 +26,11 @@ class BuildOptions:
     dla_core: int | None = None    # DLA core index; layers DLA cannot run fall back to the GPU
     workspace_bytes: int = WORKSPACE_BYTES
 
+    def __post_init__(self) -> None:
+        # Checked here, not at build time, so a wrong command fails before slicing, off-device.
+        if self.dla_core is not None and not self.fp16:
+            raise EngineBuildError("--dla needs --fp16: DLA runs FP16 or INT8 only")
+
 
 def available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
@@ -67,8 +72,6 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> P
     if options.fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     if options.dla_core is not None:
-        if not options.fp16:
-            raise EngineBuildError("--dla needs --fp16: DLA runs FP16 or INT8 only")
         if options.dla_core >= builder.num_DLA_cores:
             raise EngineBuildError(f"--dla {options.dla_core}: this device has "
                                    f"{builder.num_DLA_cores} DLA cores")
@@ -81,7 +84,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: BuildOptions) -> P
         raise EngineBuildError(f"{onnx_path}: TensorRT failed to build an engine (see its log "
                                "above)")
     engine_path.write_bytes(bytes(blob))
-    _write_layer_info(trt, logger, blob, engine_path.with_suffix(".layers.json"))
+    _write_layer_info(trt, logger, blob, engine_path)
     return engine_path
 
 
@@ -99,11 +102,11 @@ def _fix_dynamic_shapes(trt, builder, network, config) -> None:
         config.add_optimization_profile(profile)
 
 
-def _write_layer_info(trt, logger, blob, path: Path) -> None:
+def _write_layer_info(trt, logger, blob, engine_path: Path) -> None:
     engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
     if engine is None:
-        raise EngineBuildError(f"{path.with_suffix('.engine')}: the engine just built does not "
-                               "deserialize")
+        raise EngineBuildError(f"{engine_path}: the engine just built does not deserialize")
     info = engine.create_engine_inspector().get_engine_information(
         trt.LayerInformationFormat.JSON)
-    path.write_text(json.dumps(json.loads(info), indent=1) + "\n")
+    engine_path.with_suffix(".layers.json").write_text(json.dumps(json.loads(info), indent=1)
+                                                       + "\n")

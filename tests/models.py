@@ -1,0 +1,182 @@
+"""Models for tests: the shipped examples' interfaces, and small ONNX models built with onnx.helper
+(a conv net, the same net cut by hand into a sliced-model directory with manifest.json, a
+deliberately slow model, a two-input model and a model with a very large output).
+
+Weights come from a seeded generator, so every build of one model is identical and the sliced
+and unsliced versions of the conv net compute the same function.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO_ROOT / "engines" / "examples"
+# name -> (input name, input shape, output name, output shape): the shipped examples' interfaces.
+EXAMPLE_MODELS = {
+    "convnet": ("image", (1, 3, 96, 96), "logits", (1, 10)),
+    "depthwise": ("image", (1, 3, 128, 128), "scores", (1, 100)),
+    "attention": ("tokens", (1, 32, 64), "features", (1, 32, 64)),
+}
+
+OPSET = 17
+IR_VERSION = 8            # as engines/make_examples.py: older ONNX Runtime and TensorRT read it
+SEED = 7
+
+# The skip conv net: image[1,3,16,16] -> logits[1,4].
+#   slice 0: a = Relu(Conv3x3(image))            [1,8,16,16]
+#   slice 1: b = Relu(Conv3x3(a))                [1,8,16,16]
+#   slice 2: logits = Gemm(Flatten(GAP(a + b)))  [1,4]   <- reads `a` across the cut (skip)
+SKIP_INPUT = ("image", (1, 3, 16, 16))
+SKIP_OUTPUT = ("logits", (1, 4))
+_CHANNELS = 8
+
+# The slow model: x[256,512] -> y[256,512] through SLOW_LAYERS rounds of Tanh(x @ W), about
+# 2 GFLOP: tens of milliseconds on one CPU core, so requests reliably pile up behind one stream.
+SLOW_INPUT = ("x", (256, 512))
+SLOW_OUTPUT = ("y", (256, 512))
+SLOW_LAYERS = 16
+
+# The pair model: a[2,4], b[2,4] -> out[2,4] = a * b + a (two inputs: for missing/extra inputs).
+PAIR_INPUTS = (("a", (2, 4)), ("b", (2, 4)))
+PAIR_OUTPUT = ("out", (2, 4))
+
+# The big-output model: x[1,1] -> y[2048,4096] filled with x (32 MiB of float32 per reply).
+BIG_INPUT = ("x", (1, 1))
+BIG_OUTPUT = ("y", (2048, 4096))
+
+
+def _value(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def _save(nodes: list, inputs: list, outputs: list, weights: dict[str, np.ndarray],
+          path: Path, name: str) -> Path:
+    graph = helper.make_graph(nodes, name, inputs, outputs,
+                              [numpy_helper.from_array(w, n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edgesched-tests")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _skip_weights() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(SEED)
+    c = _CHANNELS
+
+    def normal(*shape: int, std: float) -> np.ndarray:
+        return (std * rng.standard_normal(shape)).astype(np.float32)
+
+    return {"w0": normal(c, 3, 3, 3, std=0.3), "b0": normal(c, std=0.1),
+            "w1": normal(c, c, 3, 3, std=0.2), "b1": normal(c, std=0.1),
+            "wf": normal(c, SKIP_OUTPUT[1][1], std=0.5), "bf": normal(SKIP_OUTPUT[1][1], std=0.1)}
+
+
+def _skip_stages(w: dict[str, np.ndarray]) -> list[tuple[list, dict[str, np.ndarray]]]:
+    """The nodes and weights of each of the three slices, in order."""
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    return [
+        ([helper.make_node("Conv", ["image", "w0", "b0"], ["conv0"], **conv),
+          helper.make_node("Relu", ["conv0"], ["a"])],
+         {k: w[k] for k in ("w0", "b0")}),
+        ([helper.make_node("Conv", ["a", "w1", "b1"], ["conv1"], **conv),
+          helper.make_node("Relu", ["conv1"], ["b"])],
+         {k: w[k] for k in ("w1", "b1")}),
+        ([helper.make_node("Add", ["a", "b"], ["sum"]),
+          helper.make_node("GlobalAveragePool", ["sum"], ["pooled"]),
+          helper.make_node("Flatten", ["pooled"], ["flat"]),
+          helper.make_node("Gemm", ["flat", "wf", "bf"], ["logits"])],
+         {k: w[k] for k in ("wf", "bf")}),
+    ]
+
+
+def build_skip_convnet(path: Path) -> Path:
+    """The whole skip conv net as one .onnx file (the reference for the sliced directory)."""
+    nodes, weights = [], {}
+    for stage_nodes, stage_weights in _skip_stages(_skip_weights()):
+        nodes += stage_nodes
+        weights.update(stage_weights)
+    return _save(nodes, [_value(*SKIP_INPUT)], [_value(*SKIP_OUTPUT)], weights, Path(path),
+                 "skip_convnet")
+
+
+def build_sliced_skip_convnet(directory: Path) -> Path:
+    """The skip conv net cut into 3 slice files plus manifest.json; slice 2 reads slice 0's `a`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    feature = (1, _CHANNELS) + SKIP_INPUT[1][2:]
+    io = [([SKIP_INPUT], [("a", feature)]),
+          ([("a", feature)], [("b", feature)]),
+          ([("b", feature), ("a", feature)], [SKIP_OUTPUT])]
+    slices = []
+    for index, ((nodes, weights), (inputs, outputs)) in enumerate(
+            zip(_skip_stages(_skip_weights()), io)):
+        file = f"slice{index}.onnx"
+        _save(nodes, [_value(*t) for t in inputs], [_value(*t) for t in outputs], weights,
+              directory / file, f"skip_convnet_slice{index}")
+        slices.append({"index": index, "file": file, "inputs": [n for n, _ in inputs],
+                       "outputs": [n for n, _ in outputs], "cost": {"flops": 0, "bytes": 0}})
+    manifest = {
+        "model": "skip_convnet", "source": "skip_convnet.onnx",
+        "inputs": [{"name": SKIP_INPUT[0], "dtype": "float32", "shape": list(SKIP_INPUT[1])}],
+        "outputs": [{"name": SKIP_OUTPUT[0], "dtype": "float32", "shape": list(SKIP_OUTPUT[1])}],
+        "slices": slices,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return directory
+
+
+def build_slow_model(path: Path, layers: int = SLOW_LAYERS) -> Path:
+    """x -> Tanh(x @ W) repeated `layers` times; one shared weight keeps the file small (1 MB)."""
+    rng = np.random.default_rng(SEED)
+    width = SLOW_INPUT[1][1]
+    weights = {"w": (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)}
+    nodes, current = [], SLOW_INPUT[0]
+    for i in range(layers):
+        out = SLOW_OUTPUT[0] if i == layers - 1 else f"h{i}"
+        nodes += [helper.make_node("MatMul", [current, "w"], [f"m{i}"]),
+                  helper.make_node("Tanh", [f"m{i}"], [out])]
+        current = out
+    return _save(nodes, [_value(*SLOW_INPUT)], [_value(*SLOW_OUTPUT)], weights, Path(path),
+                 "slow")
+
+
+def build_pair_model(path: Path) -> Path:
+    nodes = [helper.make_node("Mul", ["a", "b"], ["ab"]),
+             helper.make_node("Add", ["ab", "a"], [PAIR_OUTPUT[0]])]
+    return _save(nodes, [_value(*t) for t in PAIR_INPUTS], [_value(*PAIR_OUTPUT)], {},
+                 Path(path), "pair")
+
+
+def build_big_output_model(path: Path) -> Path:
+    """x[1,1] -> Expand to BIG_OUTPUT's shape: a tiny request with a 32 MiB reply."""
+    nodes = [helper.make_node("Expand", [BIG_INPUT[0], "shape"], [BIG_OUTPUT[0]])]
+    return _save(nodes, [_value(*BIG_INPUT)], [_value(*BIG_OUTPUT)],
+                 {"shape": np.array(BIG_OUTPUT[1], np.int64)}, Path(path), "big")
+
+
+def example_input(name: str, seed: int) -> dict[str, np.ndarray]:
+    """A fixed float32 input for shipped example `name` (the same for the same seed)."""
+    input_name, shape = EXAMPLE_MODELS[name][:2]
+    return {input_name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def skip_input(seed: int) -> dict[str, np.ndarray]:
+    name, shape = SKIP_INPUT
+    return {name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def slow_input(seed: int) -> dict[str, np.ndarray]:
+    name, shape = SLOW_INPUT
+    return {name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)}
+
+
+def pair_input(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in PAIR_INPUTS}
