@@ -261,9 +261,11 @@ def _constant_closure(graph: _Graph, names: set[str]) -> tuple[list, list]:
         elif name in made_by:
             nodes.append(made_by[name])
             todo.extend(_reads(made_by[name]))
+    # Original graph order for both, so the same model always slices to the same bytes.
     order = {id(n): i for i, n in enumerate(graph.const_nodes)}
+    init_order = {name: i for i, name in enumerate(graph.initializers)}
     return sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)]), \
-        list(inits.values())
+        sorted(inits.values(), key=lambda t: init_order[t.name])
 
 
 def _slice_model(model: onnx.ModelProto, graph: _Graph, infos: dict, start: int, end: int,
@@ -345,7 +347,8 @@ def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | N
                 "bytes": int(sum(c.bytes for c in node_costs[start:end])),
                 "est_us": round(est_us, 3), "nodes": end - start}
         entries.append(SliceEntry(k, file, tuple(inputs), tuple(outputs), cost))
-    manifest = Manifest(name or Path(path).stem, str(Path(path).resolve()),
+    # `source` is recorded as given (not resolved): shipped manifests stay machine-independent.
+    manifest = Manifest(name or Path(path).stem, Path(path).name,
                         tuple(_spec(infos[x]) for x in graph.inputs),
                         tuple(_spec(infos[x]) for x in graph.outputs), tuple(entries), out_dir)
     write_manifest(manifest)

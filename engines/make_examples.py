@@ -262,6 +262,9 @@ def validate(model: onnx.ModelProto) -> None:
         raise ValueError(f"{model.graph.name}: no static shape for {missing}")
 
 
+SLICED = {"convnet.onnx": 3}     # file -> slices
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -274,6 +277,14 @@ def main(argv: list[str] | None = None) -> None:
         data = model.SerializeToString(deterministic=True)
         (args.out / filename).write_bytes(data)
         print(f"{filename}: {len(data) / 1024:.1f} KB, {len(model.graph.node)} nodes")
+    # The camera classifier also ships cut into slices, as `edgesched build` writes them, so
+    # the default config and the demo schedule a multi-slice model out of the box.
+    for filename, parts in SLICED.items():
+        from edgesched.slicing import slice_model
+        source = args.out / filename
+        out = args.out / f"{source.stem}_sliced"
+        manifest, plan = slice_model(source, parts, out, name=source.stem)
+        print(f"{out.name}/: {len(manifest.slices)} slices, balance {plan.balance:.2f}")
 
 
 if __name__ == "__main__":

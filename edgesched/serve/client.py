@@ -30,7 +30,10 @@ def _infer_header(model: str, deadline_ms: float | None, priority) -> dict:
     if deadline_ms is not None:
         header["deadline_ms"] = float(deadline_ms)
     if priority is not None:
-        header["priority"] = Priority(priority).value
+        try:
+            header["priority"] = Priority(priority).value
+        except ValueError:
+            raise InvalidInput(f"priority {priority!r} is not realtime or best_effort") from None
     return header
 
 

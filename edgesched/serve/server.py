@@ -63,6 +63,7 @@ class Server:
         self._push_sockets: list[zmq.Socket] = []
         self._push_lock = threading.Lock()
         self._accepting = True
+        self._intake = threading.Lock()
         self._stop_engine = threading.Event()
         self._stopped = False
         self._io_done = False
@@ -104,7 +105,8 @@ class Server:
             return
         timeout = self.config.server.drain_timeout_s if drain_timeout_s is None \
             else drain_timeout_s
-        self._accepting = False
+        with self._intake:
+            self._accepting = False
         give_up = time.monotonic() + timeout
         while not self.engine.idle and time.monotonic() < give_up:
             time.sleep(0.005)
@@ -290,12 +292,13 @@ class Server:
         if deadline_ms is not None and deadline_ms <= 0:
             self.stats.count(model, "expired")
             raise DeadlineExceeded(f"model {model!r}: deadline_ms={deadline_ms} has already passed")
-        if not self._accepting:
-            self.stats.count(model, "rejected")
-            raise ShuttingDown("the server is shutting down and accepts no new requests")
         deadline_s = None if deadline_ms is None else now + deadline_ms / 1e3
-        self.engine.submit(Submission(model, msg.tensors, now, deadline_s, priority,
-                                      reply_to=(envelope, msg.id)))
+        with self._intake:       # stop() closes intake under this lock: no submit slips past it
+            if not self._accepting:
+                self.stats.count(model, "rejected")
+                raise ShuttingDown("the server is shutting down and accepts no new requests")
+            self.engine.submit(Submission(model, msg.tensors, now, deadline_s, priority,
+                                          reply_to=(envelope, msg.id)))
 
     @staticmethod
     def _check_infer(info: ModelInfo, h: dict, tensors: dict) -> tuple[float | None, Priority | None]:

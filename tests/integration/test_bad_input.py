@@ -363,3 +363,11 @@ def test_full_queue_answers_each_request_exactly_once(crowded_server, raw_socket
     sock.send_multipart([wire.PING, _header(id=2000)])
     assert wire.decode_reply(raw_sockets.receive(sock)).id == 2000
 
+
+
+def test_client_side_bad_priority_is_invalid_input(start_server):
+    _, endpoint = start_server([ATTENTION])
+    with Client(endpoint, timeout_s=HANG_S) as c:
+        with pytest.raises(InvalidInput) as raised:
+            c.infer("attention", example_input("attention", 0), priority="urgent")
+        assert "urgent" in _one_line(raised.value)

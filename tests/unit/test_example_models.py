@@ -36,8 +36,11 @@ def test_generator_covers_exactly_the_committed_files(generator):
 
 def test_committed_files_match_regenerated_bytes(generator, tmp_path, capsys):
     generator.main(["--out", str(tmp_path)])
-    assert len(capsys.readouterr().out.splitlines()) == len(SPECS)
-    for name in SPECS:
+    assert len(capsys.readouterr().out.splitlines()) == len(SPECS) + len(generator.SLICED)
+    sliced = [f"{Path(n).stem}_sliced/{p.name}" for n in generator.SLICED
+              for p in (EXAMPLES / f"{Path(n).stem}_sliced").iterdir()]
+    assert sliced and all((tmp_path / f).exists() for f in sliced)
+    for name in [*SPECS, *sliced]:
         regenerated = (tmp_path / name).read_bytes()
         assert regenerated == (EXAMPLES / name).read_bytes(), (
             f"{name} is stale: rerun `python engines/make_examples.py` and commit the result"
