@@ -1,6 +1,7 @@
 """`edgesched bench overhead`: what the server adds to a request, against a raw ZeroMQ echo.
 
-Measured in one run, on one machine, over the same transport and with the same bytes:
+Measured in one run, on one machine, over the same transport and with the same bytes, in
+interleaved rounds (a shared machine's noise then hits all three alike):
   (a) round trip of INFER through a real server (its own process) for a small model,
   (b) the same model called in-process with ONNX Runtime (same thread settings),
   (c) a raw pyzmq DEALER -> ROUTER echo (its own process) of the same request frames.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesched.config import Config
+from edgesched.manifest import read_manifest
 from edgesched.table import format_table
 
 
@@ -57,60 +59,84 @@ def _time(fn, n: int, warmup: int) -> list[float]:
     return samples
 
 
-def _in_process(path: Path, inputs: dict, threads: int, n: int, warmup: int) -> list[float]:
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = onnxruntime.InferenceSession(str(path), options,
-                                           providers=["CPUExecutionProvider"])
-    return _time(lambda: session.run(None, inputs), n, warmup)
+class _InProcess:
+    """The model run directly with ONNX Runtime: one session, or a sliced model's sessions in
+    order (what an application would do without a server)."""
+
+    def __init__(self, path: Path, inputs: dict, threads: int):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        files = ([(read_manifest(path).slice_path(s), s) for s in read_manifest(path).slices]
+                 if path.is_dir() else [(path, None)])
+        self._steps = [(onnxruntime.InferenceSession(str(f), options,
+                                                     providers=["CPUExecutionProvider"]), e)
+                       for f, e in files]
+        self._inputs = inputs
+
+    def __call__(self) -> None:
+        tensors = dict(self._inputs)
+        for session, entry in self._steps:
+            names = [o.name for o in session.get_outputs()] if entry is None \
+                else list(entry.outputs)
+            feed = tensors if entry is None else {k: tensors[k] for k in entry.inputs}
+            tensors.update(zip(names, session.run(names, feed)))
 
 
-def _raw_echo(endpoint: str, frames: list, n: int, warmup: int) -> list[float]:
-    import zmq
-    spawn = multiprocessing.get_context("spawn")
-    ready = spawn.Event()
-    proc = spawn.Process(target=_echo, args=(endpoint, ready), daemon=True)
-    proc.start()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        ready.wait(30)
-        sock.connect(endpoint)
+class _Echo:
+    """A DEALER round trip to a raw pyzmq ROUTER echo in its own process."""
 
-        def once():
-            sock.send_multipart(frames, copy=False)
-            sock.recv_multipart(copy=False)
-        return _time(once, n, warmup)
-    finally:
-        sock.send_multipart([b"STOP"])
-        proc.join(5)
-        sock.close()
-        ctx.term()
+    def __init__(self, endpoint: str, frames: list):
+        import zmq
+        spawn = multiprocessing.get_context("spawn")
+        ready = spawn.Event()
+        self._proc = spawn.Process(target=_echo, args=(endpoint, ready), daemon=True)
+        self._proc.start()
+        if not ready.wait(60):
+            raise RuntimeError("the echo process did not start within 60 s")
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._frames = frames
+
+    def __call__(self) -> None:
+        self._sock.send_multipart(self._frames, copy=False)
+        self._sock.recv_multipart(copy=False)
+
+    def close(self) -> None:
+        self._sock.send_multipart([b"STOP"])
+        self._proc.join(5)
+        self._sock.close()
+        self._ctx.term()
 
 
-def _through_server(config: Config, endpoint: str, model: str, inputs: dict,
-                    n: int, warmup: int) -> list[float]:
-    from edgesched.serve.client import Client
-    spawn = multiprocessing.get_context("spawn")
-    ready, stop = spawn.Event(), spawn.Event()
-    proc = spawn.Process(target=_serve, args=(config, endpoint, ready, stop), daemon=True)
-    proc.start()
-    try:
+class _Served:
+    """An INFER round trip through a real server in its own process; keeps the server's own
+    arrival -> done time of each request too."""
+
+    def __init__(self, config: Config, endpoint: str, model: str, inputs: dict):
+        from edgesched.serve.client import Client
+        spawn = multiprocessing.get_context("spawn")
+        ready, self._stop = spawn.Event(), spawn.Event()
+        self._proc = spawn.Process(target=_serve, args=(config, endpoint, ready, self._stop),
+                                   daemon=True)
+        self._proc.start()
         if not ready.wait(60):
             raise RuntimeError("the benchmark server did not start within 60 s")
-        inside: list[float] = []
+        self._client = Client(endpoint, timeout_s=30.0)
+        self._model, self._inputs = model, inputs
+        self.inside_s: list[float] = []
 
-        def once():
-            pending = client.submit(model, inputs)
-            pending.result()
-            inside.append(pending.timings["total_ms"] / 1e3)
-        with Client(endpoint, timeout_s=30.0) as client:
-            return _time(once, n, warmup), inside[warmup:]
-    finally:
-        stop.set()
-        proc.join(30)
+    def __call__(self) -> None:
+        pending = self._client.submit(self._model, self._inputs)
+        pending.result()
+        self.inside_s.append(pending.timings["total_ms"] / 1e3)
+
+    def close(self) -> None:
+        self._client.close()
+        self._stop.set()
+        self._proc.join(30)
 
 
 def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200) -> str:
@@ -120,22 +146,40 @@ def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200)
         from edgesched.errors import ConfigError
         raise ConfigError("--model", "model", "one of " + ", ".join(m.name for m in config.models),
                           model)
-    import onnxruntime
-    probe = onnxruntime.InferenceSession(str(spec.path), providers=["CPUExecutionProvider"])
+    from edgesched.backends.onnxruntime import OnnxRuntimeBackend
+    probe = OnnxRuntimeBackend(streams=1)
+    try:
+        loaded = probe.load(model, spec.path, 1)
+    finally:
+        probe.close()
     rng = np.random.default_rng(0)
-    inputs = {a.name: rng.random([d if isinstance(d, int) else 1 for d in a.shape])
-              .astype(np.float32) for a in probe.get_inputs()}
+    inputs = {t.name: rng.random([d or 1 for d in t.shape]).astype(t.dtype)
+              for t in loaded.inputs}
     frames = wire.encode(wire.INFER, {"id": 1, "model": model}, inputs)
+    rounds = 10      # interleaved, so a noisy neighbour hits all three paths alike
+    a, b, c = [], [], []
     with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
-        a, inside = _through_server(config, f"ipc://{tmp}/server.sock", model, inputs, n, warmup)
-        b = _in_process(spec.path, inputs, config.device.cpu_threads_per_stream, n, warmup)
-        c = _raw_echo(f"ipc://{tmp}/echo.sock", frames, n, warmup)
+        served = _Served(config, f"ipc://{tmp}/server.sock", model, inputs)
+        echo = _Echo(f"ipc://{tmp}/echo.sock", frames)
+        direct = _InProcess(spec.path, inputs, config.device.cpu_threads_per_stream)
+        try:
+            for fn in (served, direct, echo):
+                _time(fn, 0, warmup)
+            served.inside_s.clear()
+            for _ in range(rounds):
+                for fn, out in ((served, a), (direct, b), (echo, c)):
+                    out.extend(_time(fn, max(n // rounds, 1), 0))
+        finally:
+            served.close()
+            echo.close()
+    inside = served.inside_s
     (a50, a99), (b50, b99), (c50, c99), (i50, i99) = map(_percentiles_us, (a, b, c, inside))
     rows = [["(a) through the server", a50, a99],
             ["    of which arrival -> done inside the server", i50, i99],
             ["(b) in-process ONNX Runtime", b50, b99],
             ["(c) raw pyzmq echo", c50, c99], ["server overhead (a)-(b)", a50 - b50, None]]
     size = sum(v.nbytes for v in inputs.values())
-    return (f"edgesched bench overhead: model {model} ({size} input bytes), {n} requests, ipc\n"
+    return (f"edgesched bench overhead: model {model} ({loaded.num_slices} slices, {size} input "
+            f"bytes), {n} requests, ipc\n"
             + format_table(["path", "p50_us", "p99_us"], rows)
             + f"\nratio (a-b)/c at p50: {(a50 - b50) / c50:.2f} (target <= 1.5)")

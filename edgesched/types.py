@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +48,7 @@ class TensorSpec:
 
     def check(self, array: np.ndarray) -> str | None:
         """Why `array` does not fit this spec, or None when it does."""
-        if array.dtype != np.dtype(self.dtype):
+        if array.dtype != self.np_dtype:
             return f"input {self.name!r}: dtype {array.dtype} != expected {self.dtype}"
         if array.ndim != len(self.shape) or any(
                 want is not None and got != want for got, want in zip(array.shape, self.shape)):
@@ -56,6 +57,10 @@ class TensorSpec:
         if any(d == 0 for d in array.shape):
             return f"input {self.name!r}: shape {tuple(array.shape)} has an empty dimension"
         return None
+
+    @functools.cached_property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
 
     def to_wire(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
