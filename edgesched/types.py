@@ -134,3 +134,20 @@ class Completion:
     started_s: float                 # monotonic clock seconds
     finished_s: float
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class SliceDemand:
+    """What one slice needs from the device when it runs alone (a profile entry)."""
+
+    sm: float            # fraction of the SMs it keeps busy, 0..1
+    mem: float           # fraction of peak DRAM (EMC) bandwidth it uses, 0..1
+    duration_us: float   # solo run time, microseconds
+
+
+@dataclass(frozen=True)
+class CoRun:
+    """One measured co-run: slices started together and each one's slowdown over solo."""
+
+    demands: tuple[SliceDemand, ...]
+    slowdowns: tuple[float, ...]   # measured time / solo time, same order as demands
