@@ -24,11 +24,15 @@ def _tensorrt_runtime_ready() -> bool:
     return hasattr(tensorrt, "TensorRTBackend")
 
 
-def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int = 1) -> Backend:
+def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int = 1,
+                   sim_device: str = "orin-nano") -> Backend:
     name = resolve_backend_name(name)
     if name is BackendName.ONNXRUNTIME:
         from edgesched.backends.onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(streams, cpu_threads_per_stream)
+    if name is BackendName.SIM:
+        from edgesched.backends.sim import SimBackend
+        return SimBackend(sim_device, streams)
     raise BackendUnavailable(f"backend {name.value!r} is not part of this build yet; "
                              "use backend: onnxruntime")
 

@@ -1,0 +1,220 @@
+"""A simulated Jetson GPU behind the Backend protocol, on a virtual clock.
+
+Every launched slice is a fluid job. Alone it takes launch + compute + memory time
+(sim_device.SliceWork). Together, jobs share the SMs (oversubscription stretches compute-bound
+time; stream 0 has the high CUDA stream priority, which favours its blocks but does not
+preempt resident ones) and DRAM (oversubscription stretches memory-bound time for everyone:
+the EMC knows nothing of stream priorities), plus a cache/EMC term by which other jobs' traffic
+slows memory-bound work even below saturation. Each launch draws a multiplicative noise.
+The engine reads time from `now()`; `poll` advances it. Nothing here is visible to policies:
+they see only what profiling measures through launches, probes and `telemetry()`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from edgesched.backends.base import LoadedModel
+from edgesched.backends.sim_device import SPECS, DeviceSpec, SliceWork, slice_work
+from edgesched.errors import ModelLoadError
+from edgesched.manifest import MANIFEST_NAME, read_manifest
+from edgesched.types import Completion, Launch, TensorSpec
+
+HIGH_PRIORITY_STREAM = 0
+PRIORITY_LEAK = 0.2     # share of low-priority SM pressure still felt by high-priority work
+CACHE_GAMMA = 0.4       # memory-time stretch per unit of others' bandwidth use (EMC/L2 term)
+NOISE_SIGMA = 0.03      # lognormal sigma of a launch's run time
+
+
+@dataclass
+class _Job:
+    launch: Launch | None          # None for a probe
+    work: SliceWork
+    started_s: float
+    scale: float                   # noise factor on this launch's solo time
+    remaining: float = 1.0         # fraction of the job left
+
+    @property
+    def high(self) -> bool:
+        """On the high-priority stream (probes never are)."""
+        return self.launch is not None and self.launch.stream == HIGH_PRIORITY_STREAM
+
+
+def _specs_from_graph(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], ...]:
+    inits = {t.name for t in model.graph.initializer}
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        return TensorSpec(v.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                          tuple(d.dim_value if d.dim_value > 0 else None for d in t.shape.dim))
+    return (tuple(spec(v) for v in model.graph.input if v.name not in inits),
+            tuple(spec(v) for v in model.graph.output))
+
+
+class SimBackend:
+    name = "sim"
+
+    def __init__(self, device: str | DeviceSpec, streams: int, seed: int = 0,
+                 noise_sigma: float = NOISE_SIGMA):
+        if isinstance(device, str):
+            if device not in SPECS:
+                raise ModelLoadError(f"unknown simulated device {device!r}; one of "
+                                     + ", ".join(SPECS))
+            device = SPECS[device]
+        self.spec = device
+        self.num_streams = streams
+        self._rng = np.random.default_rng(seed)
+        self._sigma = noise_sigma
+        self._now = 0.0
+        self._work: dict[str, list[SliceWork]] = {}
+        self._outputs: dict[str, tuple[TensorSpec, ...]] = {}
+        self._staged: dict[int, str] = {}
+        self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
+        self._probe_ids = 0
+        self._busy_integral = self._traffic_integral = 0.0   # for telemetry()
+
+    # --- the clock ----------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._now
+
+    # --- loading ------------------------------------------------------------------------------
+    def load(self, model: str, path: Path, instances: int) -> LoadedModel:
+        path = Path(path)
+        try:
+            if path.is_dir():
+                if not (path / MANIFEST_NAME).is_file():
+                    raise ModelLoadError(f"{path}: a directory without {MANIFEST_NAME}")
+                manifest = read_manifest(path)
+                works = [slice_work(onnx.load(str(manifest.slice_path(s))), self.spec)
+                         for s in manifest.slices]
+                inputs, outputs = manifest.inputs, manifest.outputs
+            else:
+                graph = onnx.load(str(path))
+                works = [slice_work(graph, self.spec)]
+                inputs, outputs = _specs_from_graph(graph)
+        except ModelLoadError:
+            raise
+        except Exception as e:   # protobuf/IO errors: one line naming the file
+            raise ModelLoadError(f"{path}: cannot load it for simulation: "
+                                 f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        return self.load_work(model, works, inputs, outputs)
+
+    def load_work(self, model: str, works: list[SliceWork], inputs=(), outputs=()) -> LoadedModel:
+        """A model given by its slices' work directly (e.g. built from a measured profile)."""
+        self._work[model] = list(works)
+        self._outputs[model] = tuple(outputs)
+        return LoadedModel(tuple(inputs), tuple(outputs), len(works))
+
+    # --- running ------------------------------------------------------------------------------
+    def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
+        self._staged[request_id] = model
+
+    def launch(self, launch: Launch) -> None:
+        if launch.stream in self._jobs:
+            raise RuntimeError(f"stream {launch.stream} is busy")
+        work = self._work[launch.model][launch.slice_index]
+        self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
+
+    def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
+        """A synthetic kernel of known footprint (calibration probes), on its own stream."""
+        self._probe_ids += 1
+        key = -self._probe_ids
+        work = SliceWork(0.0, seconds * 1e6 * (1 - min(mem, 1.0)), seconds * 1e6 * min(mem, 1.0),
+                         sm, mem, 1, sm, mem)
+        self._jobs[key] = _Job(None, work, self._now, 1.0)
+        return key
+
+    def stop_probe(self, key: int) -> None:
+        self._jobs.pop(key, None)
+
+    def _noise(self) -> float:
+        return float(math.exp(self._rng.normal(0.0, self._sigma))) if self._sigma else 1.0
+
+    def poll(self, timeout_s: float) -> list[Completion]:
+        """Advance virtual time to the next completion, or by timeout_s if none comes sooner."""
+        target = self._now + max(timeout_s, 0.0)
+        while True:
+            slices = {k: j for k, j in self._jobs.items() if j.launch is not None}
+            if not slices:
+                self._advance(target - self._now, self._durations())
+                return []
+            durations = self._durations()
+            step, first = min((self._jobs[k].remaining * durations[k], k) for k in slices)
+            if self._now + step > target:
+                self._advance(target - self._now, durations)
+                return []
+            self._advance(step, durations)
+            done = [k for k in slices if self._jobs[k].remaining <= 1e-12 or k == first]
+            out = []
+            for k in done:
+                job = self._jobs.pop(k)
+                out.append(Completion(job.launch, job.started_s, self._now))
+            return out
+
+    def _advance(self, dt: float, durations: dict[int, float]) -> None:
+        if dt <= 0:
+            return
+        busy = traffic = 0.0
+        for key, job in self._jobs.items():
+            job.remaining -= dt / durations[key]
+            busy += job.work.sm
+            traffic += job.work.mem
+        self._busy_integral += min(busy, 1.0) * dt
+        self._traffic_integral += min(traffic, 1.0) * dt
+        self._now += dt
+
+    def _durations(self) -> dict[int, float]:
+        """Each job's current total duration in seconds, given who runs beside it now. A job
+        feels contention at its own phase peak (SM fill in its compute-bound kernels, bandwidth
+        in its memory-bound ones) against the others' average use."""
+        jobs = self._jobs
+        prioritized = self.spec.stream_priorities
+        p_hi = sum(j.work.sm for j in jobs.values() if prioritized and j.high)
+        p_lo = sum(j.work.sm for j in jobs.values() if not (prioritized and j.high))
+        p_mem = sum(j.work.mem for j in jobs.values())
+        out = {}
+        for key, job in jobs.items():
+            w = job.work
+            if prioritized and job.high:
+                others = p_hi - w.sm + PRIORITY_LEAK * p_lo
+                sm_stretch = max(1.0, w.sm_peak + others)
+            else:
+                # Blocks of high-priority streams are scheduled first; resident low-priority
+                # blocks are not preempted, so some capacity always remains.
+                left = max(0.1, 1.0 - (1.0 - PRIORITY_LEAK) * min(p_hi, 1.0))
+                sm_stretch = max(1.0, (w.sm_peak + p_lo - w.sm) / left)
+            others_mem = p_mem - w.mem
+            mem_stretch = max(1.0, w.mem_peak + others_mem) * (1.0 + CACHE_GAMMA * others_mem)
+            seconds = (w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch) / 1e6
+            out[key] = max(seconds * job.scale, 1e-9)
+        return out
+
+    def telemetry(self) -> tuple[float, float]:
+        """(GPU SM busy fraction, EMC utilization fraction) averaged since the last call, as
+        a jtop/sysfs reader would report them on a Jetson."""
+        span = self._now - getattr(self, "_telemetry_since", 0.0)
+        reading = ((self._busy_integral / span, self._traffic_integral / span) if span > 0
+                   else (0.0, 0.0))
+        self._busy_integral = self._traffic_integral = 0.0
+        self._telemetry_since = self._now
+        return reading
+
+    def fetch(self, request_id: int) -> dict[str, np.ndarray]:
+        """Simulated outputs are zeros of the model's output shapes (dynamic dims as 1)."""
+        model = self._staged.pop(request_id)
+        return {t.name: np.zeros([d or 1 for d in t.shape], t.dtype)
+                for t in self._outputs[model]}
+
+    def release(self, request_id: int) -> None:
+        self._staged.pop(request_id, None)
+
+    def wake(self) -> None:
+        """Single-threaded on a virtual clock: nothing ever waits for real."""
+
+    def close(self) -> None:
+        self._jobs.clear()
