@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--dla", type=_int_range(0, 7), default=None, metavar="CORE",
                        help="build for a DLA core, GPU fallback on (needs --fp16)")
 
+    sim = sub.add_parser("simulate", help="run a workload under each policy on a simulated "
+                                          "Jetson GPU")
+    sim.add_argument("--workload", type=Path, required=True, metavar="W.yaml")
+    sim.add_argument("--device", default=None, help="override the workload's device")
+    sim.add_argument("--policy", action="append", choices=sorted(POLICIES), default=None,
+                     help="a policy to run (repeat; default: all)")
+    sim.add_argument("--duration", type=_positive(float), default=None, metavar="S",
+                     help="override the workload's duration_s")
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     overhead = bench_sub.add_parser("overhead", help="server round trip vs in-process vs raw "
@@ -157,7 +167,22 @@ def _build(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
+def _simulate(args) -> int:
+    import json
+
+    from edgesched.simulate import format_report, simulate
+    from edgesched.workload import load_workload, with_device
+    workload = load_workload(args.workload)
+    if args.device:
+        workload = with_device(workload, args.device)
+    if args.duration:
+        workload = dataclasses.replace(workload, duration_s=args.duration)
+    result = simulate(workload, args.policy or ["fifo", "greedy", "priority", "interference"])
+    print(json.dumps(result) if args.json else format_report(result), flush=True)
+    return 0
+
+
+COMMANDS = {"simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,11 @@ class Engine:
         self._admit(now)
         self._expire(now)
         plan = self.policy.plan(self.state, now)
+        for rid in plan.rejects:
+            request = self.state.requests[rid]
+            self._fail(request, DeadlineExceeded(
+                f"model {request.model!r}: the deadline cannot be met (rejected early)"),
+                "expired")
         for launch in plan.launches:
             self._start(launch, now)
         self._complete(self.backend.poll(self._wait_s(now, max_wait_s)))

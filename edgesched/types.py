@@ -124,6 +124,9 @@ class Launch:
 @dataclass(frozen=True)
 class Plan:
     launches: tuple[Launch, ...] = field(default_factory=tuple)
+    # Requests to answer with DeadlineExceeded now: their deadline cannot be met (only requests
+    # that carry a client deadline; a policy never rejects work merely for missing its SLO).
+    rejects: tuple[int, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)

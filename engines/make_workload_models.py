@@ -4,7 +4,7 @@ Five networks with the layer shapes (so the FLOPs, weight bytes and activation s
 Jetson boxes run, for `edgesched simulate` workloads and benchmarks:
 
     detector.onnx    ResNet-18-style backbone (3/4 width) + FPN-lite single-stage head, 384x384
-    segmenter.onnx   U-Net, 4 levels of 16..128 channels, skip Concats + nearest Resize, 256x256
+    segmenter.onnx   U-Net, 16..256 channels, separable convs at full and half resolution, 256x256
     classifier.onnx  MobileNetV2 1.0 (inverted residuals, depthwise convs, ReLU6 as Clip), 224x224
     reid.onnx        half-width ResNet-18 embedding net for a tracker, 8 crops of 128x64
     depthnet.onnx    VGG-style monocular-depth encoder-decoder with skips, 192x640
@@ -37,7 +37,7 @@ PRODUCER = "edgesched-workloads"
 
 def _load_examples():
     # engines/ is not a package: load the sibling script for its GraphBuilder and validate().
-    spec = importlib.util.spec_from_file_location("_edgesched_make_examples", HERE / "make_examples.py")
+    spec = importlib.util.spec_from_file_location("_make_examples", HERE / "make_examples.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -76,7 +76,8 @@ def conv(b: Builder, name, x, cin, cout, k, stride=1, group=1, act: str | None =
     if act == "relu":
         return b.op("Relu", f"{name}.relu", [y])
     if act == "relu6":
-        return b.op("Clip", f"{name}.relu6", [y, b.scalar("relu6.min", 0.0), b.scalar("relu6.max", 6.0)])
+        bounds = [b.scalar("relu6.min", 0.0), b.scalar("relu6.max", 6.0)]
+        return b.op("Clip", f"{name}.relu6", [y, *bounds])
     assert act is None, act
     return y
 
@@ -146,23 +147,36 @@ def build_detector() -> onnx.ModelProto:
 SEGMENTER_SIZE, SEGMENTER_CLASSES = 256, 19
 
 
+def separable(b: Builder, name, x, cin, cout) -> str:
+    """Depthwise 3x3 + pointwise 1x1: a few FLOPs per byte of activation moved."""
+    x = conv(b, f"{name}.dw", x, cin, cin, 3, group=cin)
+    return conv(b, f"{name}.pw", x, cin, cout, 1)
+
+
 def build_segmenter() -> onnx.ModelProto:
     b = Builder()
-    widths = (16, 32, 64, 128)  # few channels at full resolution: big, cheap activations
+    widths = (16, 32, 64, 128, 256)
+    # Levels 1-2 (256x256 and 128x128) use separable convs, as light edge U-Nets do: their big,
+    # thin activations make them memory-bound; the regular 3x3 convs below are compute-bound.
+    def block(name, x, cin, c, level) -> str:
+        if level <= 2 and cin > 3:
+            return separable(b, name, x, cin, c)
+        return conv(b, name, x, cin, c, 3)
+
     x, cin, skips = "image", 3, []
     for level, c in enumerate(widths, start=1):
         if level > 1:
             x = b.op("MaxPool", f"enc{level}.pool", [x], kernel_shape=[2, 2], strides=[2, 2])
-        x = conv(b, f"enc{level}.conv1", x, cin, c, 3)
-        x = conv(b, f"enc{level}.conv2", x, c, c, 3)
+        x = block(f"enc{level}.conv1", x, cin, c, level)
+        x = block(f"enc{level}.conv2", x, c, c, level)
         skips.append(x)
         cin = c
     for level in range(len(widths) - 1, 0, -1):
         c = widths[level - 1]
         up = upsample2x(b, f"dec{level}.up", x)
         x = b.op("Concat", f"dec{level}.concat", [up, skips[level - 1]], axis=1)
-        x = conv(b, f"dec{level}.conv1", x, cin + c, c, 3)
-        x = conv(b, f"dec{level}.conv2", x, c, c, 3)
+        x = block(f"dec{level}.conv1", x, cin + c, c, level)
+        x = block(f"dec{level}.conv2", x, c, c, level)
         cin = c
     weight = b.weight("head.weight", (SEGMENTER_CLASSES, cin, 1, 1), 1.0 / cin)
     bias = b.weight("head.bias", (SEGMENTER_CLASSES,), 0.01)
@@ -170,8 +184,9 @@ def build_segmenter() -> onnx.ModelProto:
     size = SEGMENTER_SIZE
     return b.model(
         "segmenter",
-        f"U-Net: 4 levels of 16-128 channels, MaxPool down, nearest Resize up, skip Concats, "
-        f"per-pixel logits for {SEGMENTER_CLASSES} classes.",
+        "U-Net: 5 levels of 16-256 channels (depthwise-separable convs at the top two), "
+        f"MaxPool down, nearest Resize up, skip Concats, per-pixel logits for "
+        f"{SEGMENTER_CLASSES} classes.",
         [("image", (1, 3, size, size))],
         [("mask", (1, SEGMENTER_CLASSES, size, size))],
     )
@@ -280,7 +295,8 @@ def summary(filename: str, model: onnx.ModelProto, size_bytes: int) -> str:
     weights = sum(n.weight_bytes for n in report.nodes)
     return (f"{filename}: {size_bytes / 1024:.1f} KB, {len(model.graph.node)} nodes, "
             f"{report.total_flops / 1e9:.2f} GFLOPs, {weights / 1e6:.1f} MB weights, "
-            f"{report.total_bytes / 1e6:.0f} MB moved ({report.total_flops / report.total_bytes:.0f} FLOP/B)")
+            f"{report.total_bytes / 1e6:.0f} MB moved "
+            f"({report.total_flops / report.total_bytes:.0f} FLOP/B)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,7 @@ def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int 
         return OnnxRuntimeBackend(streams, cpu_threads_per_stream)
     if name is BackendName.SIM:
         from edgesched.backends.sim import SimBackend
-        return SimBackend(sim_device, streams)
+        return SimBackend(sim_device, streams, realtime=True)     # serving: wall-clock time
     raise BackendUnavailable(f"backend {name.value!r} is not part of this build yet; "
                              "use backend: onnxruntime")
 

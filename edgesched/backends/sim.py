@@ -12,6 +12,9 @@ they see only what profiling measures through launches, probes and `telemetry()`
 from __future__ import annotations
 
 import math
+import random
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -60,7 +63,10 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, device: str | DeviceSpec, streams: int, seed: int = 0,
-                 noise_sigma: float = NOISE_SIGMA):
+                 noise_sigma: float = NOISE_SIGMA, realtime: bool = False):
+        """realtime=False: virtual time jumps from event to event (simulate, tests).
+        realtime=True: virtual time is time.monotonic() and poll really waits, so a server
+        can run on the simulated device and clients see its latencies."""
         if isinstance(device, str):
             if device not in SPECS:
                 raise ModelLoadError(f"unknown simulated device {device!r}; one of "
@@ -68,9 +74,12 @@ class SimBackend:
             device = SPECS[device]
         self.spec = device
         self.num_streams = streams
-        self._rng = np.random.default_rng(seed)
+        self._rng = random.Random(seed)     # per-launch draws: Python's is ~10x cheaper here
         self._sigma = noise_sigma
-        self._now = 0.0
+        self._realtime = realtime
+        self._wakeup = threading.Event()
+        self._now = time.monotonic() if realtime else 0.0
+        self._telemetry_since = self._now
         self._work: dict[str, list[SliceWork]] = {}
         self._outputs: dict[str, tuple[TensorSpec, ...]] = {}
         self._staged: dict[int, str] = {}
@@ -133,11 +142,26 @@ class SimBackend:
         self._jobs.pop(key, None)
 
     def _noise(self) -> float:
-        return float(math.exp(self._rng.normal(0.0, self._sigma))) if self._sigma else 1.0
+        return math.exp(self._rng.gauss(0.0, self._sigma)) if self._sigma else 1.0
 
     def poll(self, timeout_s: float) -> list[Completion]:
         """Advance virtual time to the next completion, or by timeout_s if none comes sooner."""
-        target = self._now + max(timeout_s, 0.0)
+        if self._realtime:
+            return self._poll_realtime(timeout_s)
+        return self._poll_until(self._now + max(timeout_s, 0.0))
+
+    def _poll_realtime(self, timeout_s: float) -> list[Completion]:
+        """Sleep (interruptible by wake) until the next completion is due in wall time."""
+        self._wakeup.clear()
+        self._poll_until(time.monotonic())            # catch up with the wall clock
+        durations = self._durations()
+        due = [j.remaining * durations[k] for k, j in self._jobs.items() if j.launch]
+        wait = min([timeout_s, *due]) if due else timeout_s
+        if wait > 0:
+            self._wakeup.wait(wait)
+        return self._poll_until(max(time.monotonic(), self._now))
+
+    def _poll_until(self, target: float) -> list[Completion]:
         while True:
             slices = {k: j for k, j in self._jobs.items() if j.launch is not None}
             if not slices:
@@ -197,7 +221,7 @@ class SimBackend:
     def telemetry(self) -> tuple[float, float]:
         """(GPU SM busy fraction, EMC utilization fraction) averaged since the last call, as
         a jtop/sysfs reader would report them on a Jetson."""
-        span = self._now - getattr(self, "_telemetry_since", 0.0)
+        span = self._now - self._telemetry_since
         reading = ((self._busy_integral / span, self._traffic_integral / span) if span > 0
                    else (0.0, 0.0))
         self._busy_integral = self._traffic_integral = 0.0
@@ -214,7 +238,8 @@ class SimBackend:
         self._staged.pop(request_id, None)
 
     def wake(self) -> None:
-        """Single-threaded on a virtual clock: nothing ever waits for real."""
+        """Thread-safe: ends a real-time poll's wait early (a no-op on the virtual clock)."""
+        self._wakeup.set()
 
     def close(self) -> None:
         self._jobs.clear()

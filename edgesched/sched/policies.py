@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Protocol
 
 from edgesched.errors import ConfigError
+from edgesched.sched.profile import Profile
 from edgesched.sched.state import Request, SchedState
 from edgesched.types import Launch, Plan, PolicyName, Priority
 
@@ -28,6 +29,8 @@ def _fill(state: SchedState, candidates: Iterable[Request],
           pick_stream: Callable[[Request, list[int]], int | None]) -> Plan:
     """Give each candidate, in order, a free stream while streams and instances last."""
     free = state.free_streams()
+    if not free:
+        return Plan()
     load: dict[tuple[str, int], int] = {}
     launches = []
     for request in candidates:
@@ -59,6 +62,8 @@ class Greedy:
     name = PolicyName.GREEDY.value
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
+        if len(state.running) >= state.num_streams:
+            return Plan()
         return _fill(state, _oldest_first(state), lambda r, free: free[0])
 
 
@@ -66,6 +71,8 @@ class PriorityStreams:
     name = PolicyName.PRIORITY.value
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
+        if len(state.running) >= state.num_streams:
+            return Plan()
         high = state.high_priority_streams
         all_high = len(high) >= state.num_streams
 
@@ -84,16 +91,26 @@ class PriorityStreams:
         return _fill(state, sorted(state.waiting(), key=urgency), pick)
 
 
-POLICIES: dict[str, Callable[[], Policy]] = {
-    PolicyName.FIFO.value: Fifo,
-    PolicyName.GREEDY.value: Greedy,
-    PolicyName.PRIORITY.value: PriorityStreams,
+def _interference(profile: Profile | None = None, **options) -> Policy:
+    from edgesched.sched.interference import Interference
+    return Interference(profile, **options)
+
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    PolicyName.FIFO.value: lambda profile=None, **_: Fifo(),
+    PolicyName.GREEDY.value: lambda profile=None, **_: Greedy(),
+    PolicyName.PRIORITY.value: lambda profile=None, **_: PriorityStreams(),
+    PolicyName.INTERFERENCE.value: _interference,
 }
 
 
-def make_policy(name: str, source: str = "config") -> Policy:
+def make_policy(name: str, source: str = "config", profile: Profile | None = None,
+                **options) -> Policy:
+    """The named policy; `profile` (measured demands + predictor) informs `interference`,
+    `options` are its settings (tolerance, early_reject)."""
     try:
-        return POLICIES[name]()
+        factory = POLICIES[name]
     except KeyError:
         raise ConfigError(source, "scheduler.policy",
                           "one of " + ", ".join(sorted(POLICIES)), name) from None
+    return factory(profile=profile, **options)

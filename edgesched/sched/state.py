@@ -51,6 +51,9 @@ class SchedState:
     _busy_streams: set[int] = field(default_factory=set)
     _slice_load: dict[tuple[str, int], int] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)          # model -> admitted, unanswered
+    # model -> (last arrival s, smoothed inter-arrival s): lets a policy expect the next frame
+    # of a periodic (camera) model without being told its rate.
+    arrivals: dict[str, tuple[float, float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -84,6 +87,18 @@ class SchedState:
         self.requests[request.id] = request
         self._pending[request.model] += 1
         self._enqueue(request)
+        last = self.arrivals.get(request.model)
+        if last is None:
+            self.arrivals[request.model] = (request.arrival_s, None)
+        else:
+            gap = request.arrival_s - last[0]
+            period = gap if last[1] is None else 0.8 * last[1] + 0.2 * gap
+            self.arrivals[request.model] = (request.arrival_s, period)
+
+    def next_arrival_s(self, model: str) -> float | None:
+        """When the model's next request is expected (None: no estimate yet)."""
+        last = self.arrivals.get(model)
+        return None if last is None or last[1] is None else last[0] + last[1]
 
     def start(self, launch: Launch, now_s: float) -> Request:
         request = self.requests[launch.request_id]

@@ -46,7 +46,8 @@ class Server:
         self.config = config
         self.endpoint = endpoint or config.server.endpoint
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
-                                                 config.device.cpu_threads_per_stream)
+                                                 config.device.cpu_threads_per_stream,
+                                                 config.device.sim_device)
         try:
             self.models = load_models(self.backend, config)
             policy = make_policy(config.scheduler.policy.value, config.source)

@@ -25,8 +25,16 @@ def test_auto_keeps_onnxruntime_while_tensorrt_cannot_serve_yet(monkeypatch):
     assert resolve_backend_name(BackendName.AUTO) is BackendName.ONNXRUNTIME
 
 
-@pytest.mark.parametrize("name", [BackendName.TENSORRT, BackendName.SIM])
-def test_unbuilt_backends_are_refused_in_one_line(name):
+def test_tensorrt_serving_is_refused_in_one_line_until_it_lands():
     with pytest.raises(BackendUnavailable) as err:
-        create_backend(name, streams=1)
-    assert "\n" not in str(err.value) and name.value in str(err.value)
+        create_backend(BackendName.TENSORRT, streams=1)
+    assert "\n" not in str(err.value) and "tensorrt" in str(err.value)
+
+
+def test_sim_backend_is_created_for_the_configured_device():
+    backend = create_backend(BackendName.SIM, streams=3, sim_device="xavier-agx")
+    try:
+        assert backend.name == "sim" and backend.num_streams == 3
+        assert backend.spec.name == "xavier-agx"
+    finally:
+        backend.close()

@@ -1,0 +1,113 @@
+"""Measure a profile through the Backend interface: solo durations, demands, co-run slowdowns.
+
+Nothing here reads a device's internals. On the simulated GPU (and, with the calibration
+issue, on TensorRT) it uses what a Jetson offers: timed launches, the EMC utilization a
+telemetry reader reports, and probe kernels of known SM footprint:
+- duration_us: median of solo runs;
+- mem: EMC utilization averaged over the solo runs;
+- sm: from the slowdown under compute probes of two footprints f (mem 0): the compute-bound
+  part stretches by max(0, sm + f - 1), so the ratio of the slowdowns at f = 1 and f = 0.75 is
+  (sm - 0.25) / sm, whatever share of the slice is compute-bound;
+- pairs: sampled slice pairs co-run (each partner relaunched back to back so every measured
+  run is fully overlapped) fit the predictor; its error on held-out pairs is reported.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Callable
+
+from edgesched.sched.predictor import Predictor, fit_and_validate
+from edgesched.sched.profile import Profile
+from edgesched.types import CoRun, Launch, ModelInfo, SliceDemand
+
+PROBE_S = 10.0        # probes outlive any measured slice; stopped explicitly
+STREAMS = (1, 2)      # normal-priority streams, so stream priority does not colour the figures
+
+
+class _Runner:
+    def __init__(self, backend):
+        self.b = backend
+        self._ids = iter(range(10**9, 2 * 10**9))   # far from the engine's request ids
+
+    def run(self, model: str, index: int, stream: int = STREAMS[0]) -> float:
+        """One solo run; seconds."""
+        rid = next(self._ids)
+        self.b.stage(rid, model, {})
+        self.b.launch(Launch(rid, model, index, stream))
+        while True:
+            for c in self.b.poll(1.0):
+                self.b.release(rid)
+                return c.finished_s - c.started_s
+
+    def co_run(self, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, float]:
+        """First-run durations of a and b started together, each relaunched until both ended."""
+        first: dict[int, float] = {}
+        streams = {STREAMS[0]: a, STREAMS[1]: b}
+        outstanding = 0
+
+        def start(stream: int) -> None:
+            nonlocal outstanding
+            rid = next(self._ids)
+            self.b.stage(rid, streams[stream][0], {})
+            self.b.launch(Launch(rid, *streams[stream], stream))
+            outstanding += 1
+        for s in STREAMS:
+            start(s)
+        while outstanding:          # until both first runs ended and the device is idle again
+            for c in self.b.poll(1.0):
+                outstanding -= 1
+                self.b.release(c.launch.request_id)
+                first.setdefault(c.launch.stream, c.finished_s - c.started_s)
+                if len(first) < 2:
+                    start(c.launch.stream)
+        return first[STREAMS[0]], first[STREAMS[1]]
+
+    def with_probe(self, sm: float, model: str, index: int) -> float:
+        key = self.b.launch_probe(sm, 0.0, PROBE_S)
+        try:
+            return self.run(model, index)
+        finally:
+            self.b.stop_probe(key)
+
+
+def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: int = 5,
+                    pairs: int = 40, seed: int = 0,
+                    progress: Callable[[str], None] | None = None) -> Profile:
+    runner = _Runner(backend)
+    demands: dict[str, tuple[SliceDemand, ...]] = {}
+    for name, info in models.items():
+        slices = []
+        for i in range(info.num_slices):
+            backend.telemetry()                              # start a fresh window
+            solo = statistics.median(runner.run(name, i) for _ in range(runs))
+            _, emc = backend.telemetry()
+            slices.append(SliceDemand(_sm_from_probes(runner, name, i, solo), min(emc, 1.0),
+                                      solo * 1e6))
+        demands[name] = tuple(slices)
+        if progress:
+            progress(name)
+    everything = [(m, i) for m, ds in demands.items() for i in range(len(ds))]
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(pairs if len(everything) > 0 else 0):
+        a, b = rng.choice(everything), rng.choice(everything)
+        ta, tb = runner.co_run(a, b)
+        da, db = demands[a[0]][a[1]], demands[b[0]][b[1]]
+        samples.append(CoRun((da, db), (ta * 1e6 / da.duration_us, tb * 1e6 / db.duration_us)))
+    try:
+        predictor, mape = fit_and_validate(samples)
+    except ValueError:       # too few pairs, or none showed contention: keep the default form
+        predictor, mape = Predictor(), None
+    return Profile(device, demands, predictor,
+                   {"pairs": len(samples), "predictor_mape": mape, "runs": runs,
+                    "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
+
+
+def _sm_from_probes(runner: _Runner, model: str, index: int, solo_s: float) -> float:
+    full = runner.with_probe(1.0, model, index) / solo_s - 1.0
+    if full < 0.01:                # not compute-bound at all: SM share barely matters
+        return 0.0
+    part = max(runner.with_probe(0.75, model, index) / solo_s - 1.0, 0.0)
+    ratio = min(part / full, 0.95)
+    return max(0.05, min(1.0, 0.25 / (1.0 - ratio)))

@@ -1,0 +1,54 @@
+"""The profile: measured per-slice demands on one device, plus the fitted predictor.
+
+Produced by profiling/calibration through the Backend interface, read by the scheduler.
+Profiles are data: a versioned JSON file next to the engines.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgesched.sched.predictor import Predictor
+from edgesched.types import SliceDemand
+
+PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    device: str
+    demands: dict[str, tuple[SliceDemand, ...]]     # model -> one entry per slice
+    predictor: Predictor = field(default_factory=Predictor)
+    meta: dict = field(default_factory=dict)         # clocks, power mode, versions, errors
+
+    def demand(self, model: str, index: int) -> SliceDemand | None:
+        slices = self.demands.get(model)
+        return slices[index] if slices is not None and index < len(slices) else None
+
+    def to_json(self) -> dict:
+        return {"version": PROFILE_VERSION, "device": self.device,
+                "predictor": self.predictor.to_json(), "meta": self.meta,
+                "models": {m: [{"sm": d.sm, "mem": d.mem, "duration_us": d.duration_us}
+                               for d in ds] for m, ds in self.demands.items()}}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Profile":
+        if not isinstance(raw, dict) or raw.get("version") != PROFILE_VERSION:
+            raise ValueError(f"profile version {raw.get('version') if isinstance(raw, dict) else None!r}"
+                             f" is not {PROFILE_VERSION}")
+        try:
+            demands = {m: tuple(SliceDemand(float(d["sm"]), float(d["mem"]),
+                                            float(d["duration_us"])) for d in ds)
+                       for m, ds in raw["models"].items()}
+            return cls(str(raw["device"]), demands, Predictor.from_json(raw["predictor"]),
+                       dict(raw.get("meta", {})))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"profile is missing or mistypes a field: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        return cls.from_json(json.loads(Path(path).read_text()))

@@ -1,0 +1,174 @@
+"""`edgesched simulate`: run a workload under each policy on a simulated Jetson GPU.
+
+Per policy, one run of the same engine loop the server uses, on the simulator's virtual
+clock, with the workload's arrival processes. Before the runs, the models are sliced as the
+workload says and profiled through the backend interface (profiling.py): the `interference`
+policy sees only that measured profile, never the simulator's internals. Each realtime model
+is also run alone, so its co-located p99 can be compared with its solo p99.
+Every figure this module reports is simulated.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgesched.backends.sim import SimBackend
+from edgesched.engine import Engine, Result, Submission
+from edgesched.profiling import measure_profile
+from edgesched.sched import make_policy
+from edgesched.sched.profile import Profile
+from edgesched.slicing import slice_model
+from edgesched.types import ModelInfo, Priority
+from edgesched.workload import Workload, WorkloadModel, arrival_times
+
+STREAMS = 4
+QUEUE_DEPTH = 64
+DRAIN_S = 5.0        # after the workload ends, in-flight requests get this long to finish
+
+
+@dataclass
+class _Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    slo_met: int = 0
+    rejected: int = 0              # Overloaded, DeadlineExceeded, or failed
+
+
+def _prepare(workload: Workload, tmp: Path) -> dict[str, Path]:
+    """Slice each model as the workload asks (one directory per model)."""
+    paths = {}
+    for m in workload.models:
+        if m.slices == 1:
+            paths[m.name] = m.path
+        else:
+            out = tmp / m.name
+            slice_model(m.path, m.slices, out, name=m.name)
+            paths[m.name] = out
+    return paths
+
+
+def _load(backend: SimBackend, workload: Workload, paths: dict[str, Path],
+          only: set[str] | None = None) -> dict[str, ModelInfo]:
+    infos = {}
+    for m in workload.models:
+        if only is not None and m.name not in only:
+            continue
+        loaded = backend.load(m.name, paths[m.name], m.instances)
+        infos[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
+                                  m.slo_ms, m.priority, m.instances, str(m.path))
+    return infos
+
+
+def run_policy(workload: Workload, paths: dict[str, Path], policy: str,
+               profile: Profile | None, only: set[str] | None = None) -> dict:
+    backend = SimBackend(workload.device, STREAMS, seed=workload.seed)
+    infos = _load(backend, workload, paths, only)
+    tallies = {name: _Tally() for name in infos}
+    models = {m.name: m for m in workload.models if m.name in infos}
+    engine: Engine
+
+    def on_result(result: Result) -> None:
+        tally = tallies[result.model]
+        if result.error is None:
+            tally.latencies_ms.append(result.timings.total_ms)
+            tally.slo_met += result.timings.total_ms <= infos[result.model].slo_ms
+        else:
+            tally.rejected += 1
+        if models[result.model].arrival.kind == "closed" and backend.now() < workload.duration_s:
+            submit(result.model, backend.now())
+
+    def submit(model: str, at_s: float) -> None:
+        engine.submit(Submission(model, {}, at_s))
+
+    engine = Engine(backend, infos, make_policy(policy, profile=profile),
+                    queue_depth=QUEUE_DEPTH, on_result=on_result, clock=backend.now)
+    rng = np.random.default_rng(workload.seed)
+    arrivals = sorted((t, m.name) for m in models.values()
+                      for t in arrival_times(m.arrival, workload.duration_s, rng))
+    for m in models.values():
+        if m.arrival.kind == "closed":
+            for _ in range(m.arrival.concurrency):
+                submit(m.name, 0.0)
+    i = 0
+    while backend.now() < workload.duration_s:
+        now = backend.now()
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            submit(arrivals[i][1], arrivals[i][0])
+            i += 1
+        next_s = arrivals[i][0] if i < len(arrivals) else workload.duration_s
+        engine.step(max(next_s - now, 0.0))
+    end_s = workload.duration_s + DRAIN_S
+    while not engine.idle and backend.now() < end_s:
+        engine.step(end_s - backend.now())
+    return {name: _summary(t, workload.duration_s) for name, t in tallies.items()}
+
+
+def _summary(t: _Tally, duration_s: float) -> dict:
+    lat = np.asarray(t.latencies_ms)
+    answered = lat.size + t.rejected
+    p50, p99 = (np.percentile(lat, [50, 99]).tolist() if lat.size else (None, None))
+    return {"p50_ms": p50, "p99_ms": p99, "throughput_rps": lat.size / duration_s,
+            "slo_attainment": t.slo_met / answered if answered else None,
+            "completed": int(lat.size), "rejected": t.rejected}
+
+
+def _best_effort_work(workload: Workload, models: dict, profile: Profile) -> float:
+    """Best-effort work done per second, in solo device-seconds: request rates of different
+    models do not add up, the device time their requests need alone does."""
+    total = 0.0
+    for m in workload.models:
+        if m.priority is Priority.REALTIME or m.name not in models:
+            continue
+        solo_s = sum(d.duration_us for d in profile.demands[m.name]) / 1e6
+        total += models[m.name]["throughput_rps"] * solo_s
+    return total
+
+
+def simulate(workload: Workload, policies: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="edgesched-sim-") as tmp:
+        paths = _prepare(workload, Path(tmp))
+        probe = SimBackend(workload.device, STREAMS, seed=workload.seed + 1)
+        profile = measure_profile(probe, _load(probe, workload, paths), workload.device,
+                                  seed=workload.seed)
+        result = {"simulated": True, "device": workload.device,
+                  "duration_s": workload.duration_s, "seed": workload.seed,
+                  "predictor_mape": profile.meta.get("predictor_mape"), "policies": {}}
+        for policy in policies:
+            models = run_policy(workload, paths, policy, profile)
+            result["policies"][policy] = {
+                "models": models,
+                "best_effort_work": _best_effort_work(workload, models, profile)}
+        result["solo"] = {m.name: run_policy(workload, paths, "fifo", profile,
+                                             only={m.name})[m.name]
+                          for m in workload.models if m.priority is Priority.REALTIME}
+    return result
+
+
+def format_report(result: dict) -> str:
+    """Tables per policy, labelled simulated, with realtime p99 against solo and best-effort
+    work against fifo where both are there."""
+    from edgesched.table import format_table
+    lines = [f"SIMULATED on {result['device']}: {result['duration_s']:g} s, seed {result['seed']}"
+             f" (predictor held-out error {_pct(result['predictor_mape'])})"]
+    fifo = result["policies"].get("fifo", {}).get("best_effort_work")
+    for policy, body in result["policies"].items():
+        rows = []
+        for name, m in body["models"].items():
+            solo = result["solo"].get(name, {}).get("p99_ms")
+            rows.append([name, m["p50_ms"], m["p99_ms"],
+                         None if solo is None or m["p99_ms"] is None else m["p99_ms"] / solo,
+                         m["throughput_rps"], _pct(m["slo_attainment"]), m["completed"],
+                         m["rejected"]])
+        work = body["best_effort_work"]
+        ratio = f", {work / fifo:.2f}x fifo" if fifo else ""
+        lines += ["", f"policy {policy} (simulated): best-effort work {work:.3f} device-s/s"
+                  f"{ratio}",
+                  format_table(["model", "p50_ms", "p99_ms", "p99/solo", "req/s", "slo_met",
+                                "completed", "rejected"], rows)]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

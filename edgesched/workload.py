@@ -1,0 +1,231 @@
+"""Workload files for `edgesched simulate` and benchmarks: which models arrive how, on which device.
+
+A workload names a simulated Jetson, a duration and a seed, and per model the ONNX file, how
+many slices to cut it into, its SLO and priority, and an arrival process:
+periodic (a camera at `fps`, optional `phase_ms` offset and `jitter_ms` delay), poisson
+(`rate_rps` on average) or closed (`concurrency` requests always in flight, each re-submitted
+when it completes). Validation follows config.py and reuses its checks: every mistake is one
+ConfigError line naming the file and the key path (`models[1].arrival.fps`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+# Private helpers of config.py, imported so both files check values and word errors the same way.
+from edgesched.config import (
+    SIM_DEVICES, _ABSENT, _Checks, _got, _integer, _Invalid, _name, _one_of, _positive, _resolve,
+    _Text, _UniqueKeyLoader, _fields,
+)
+from edgesched.errors import ConfigError
+from edgesched.types import Priority
+
+ARRIVAL_KINDS = ("periodic", "poisson", "closed")
+MAX_SLICES = 16
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """How requests for one model arrive. Only the fields of `kind` are set; the others are None."""
+
+    kind: str                         # one of ARRIVAL_KINDS
+    fps: float | None = None          # periodic: arrivals per second
+    rate_rps: float | None = None     # poisson: mean arrivals per second
+    concurrency: int | None = None    # closed: requests in flight, re-submitted on completion
+    phase_ms: float = 0.0             # periodic: time of the first arrival
+    jitter_ms: float = 0.0            # periodic: each arrival is late by uniform [0, jitter_ms)
+
+
+@dataclass(frozen=True)
+class WorkloadModel:
+    name: str
+    path: Path                        # absolute; an existing .onnx file
+    slices: int                       # 1..MAX_SLICES, cut by edgesched.slicing
+    slo_ms: float
+    priority: Priority
+    arrival: Arrival
+    instances: int = 1                # concurrent requests one slice may run at once
+
+
+@dataclass(frozen=True)
+class Workload:
+    device: str                       # one of config.SIM_DEVICES
+    duration_s: float                 # simulated seconds, > 0
+    seed: int                         # seeds every random draw of a run (arrivals, noise)
+    models: tuple[WorkloadModel, ...]
+    source: str                       # the file it came from, for messages
+
+
+# --- schemas: which keys each arrival kind takes (required = no default) -------------------
+
+@dataclass(frozen=True)
+class _Periodic:
+    kind: str
+    fps: float
+    phase_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Poisson:
+    kind: str
+    rate_rps: float
+
+
+@dataclass(frozen=True)
+class _Closed:
+    kind: str
+    concurrency: int
+
+
+def _non_negative(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise _Invalid("a finite number >= 0", v)
+    return float(v)
+
+
+_KIND = _one_of(ARRIVAL_KINDS)
+_ARRIVALS: dict[str, tuple[type, _Checks]] = {
+    "periodic": (_Periodic, {"kind": _KIND, "fps": _positive, "phase_ms": _non_negative,
+                             "jitter_ms": _non_negative}),
+    "poisson": (_Poisson, {"kind": _KIND, "rate_rps": _positive}),
+    "closed": (_Closed, {"kind": _KIND, "concurrency": _integer(1, 64)}),
+}
+
+
+def _fail(source: str, key: str, e: _Invalid) -> ConfigError:
+    return ConfigError(source, key, e.args[0], _got(e.args[1]))
+
+
+def _arrival(source: str, prefix: str, data: Any) -> Arrival:
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, prefix, "a mapping with a key kind: "
+                          + " | ".join(ARRIVAL_KINDS), _got(data))
+    try:
+        kind = _KIND(data.get("kind", _ABSENT))
+    except _Invalid as e:
+        raise _fail(source, f"{prefix}.kind", e) from None
+    schema, checks = _ARRIVALS[kind]
+    for key in data:  # a key of another kind (rate_rps on a periodic arrival): say so
+        owner = next((k for k, (_, c) in _ARRIVALS.items() if key in c and key not in checks), None)
+        if owner:
+            raise ConfigError(source, f"{prefix}.{key}",
+                              f"only the keys of a {kind} arrival: {', '.join(checks)}",
+                              _Text(f"{key!r}, which belongs to {owner} arrivals"))
+    arrival = Arrival(**_fields(source, prefix, data, schema, checks))
+    if arrival.fps is not None and arrival.jitter_ms >= 1000.0 / arrival.fps:
+        # Within one period, arrivals keep their order: the simulator may rely on it.
+        period = 1000.0 / arrival.fps
+        raise ConfigError(source, f"{prefix}.jitter_ms",
+                          f"less than the period 1000 / fps = {period:.4g} ms", arrival.jitter_ms)
+    return arrival
+
+
+def _onnx_path(v: Any, base_dir: Path) -> Path:
+    path = _resolve(v, base_dir)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return path
+    why = ("a directory" if path.is_dir() else "a file of another kind" if path.exists()
+           else "which does not exist")
+    where = f"{v!r}" if str(path) == v else f"{v!r} (resolved to {str(path)!r})"
+    # The simulator costs the ONNX graph itself: engines and sliced directories will not do.
+    raise _Invalid("an existing .onnx file", _Text(f"{where}, {why}"))
+
+
+def _models(source: str, data: Any, base_dir: Path) -> tuple[WorkloadModel, ...]:
+    if not isinstance(data, (list, tuple)) or not data:
+        raise _Invalid("a list of at least one model", data)
+    models: list[WorkloadModel] = []
+    for i, entry in enumerate(data):
+        prefix = f"models[{i}]"
+        checks: _Checks = {
+            "name": _name, "path": lambda v: _onnx_path(v, base_dir),
+            "slices": _integer(1, MAX_SLICES), "slo_ms": _positive,
+            "priority": _one_of(Priority),
+            "arrival": lambda v, p=f"{prefix}.arrival": _arrival(source, p, v),
+            "instances": _integer(1, 16),
+        }
+        model = WorkloadModel(**_fields(source, prefix, entry, WorkloadModel, checks))
+        for j, earlier in enumerate(models):
+            if earlier.name == model.name:
+                raise ConfigError(source, f"{prefix}.name",
+                                  f"a name not already used by models[{j}]", model.name)
+        models.append(model)
+    return tuple(models)
+
+
+def parse_workload(data: object, source: str, base_dir: Path) -> Workload:
+    """A Workload from loaded YAML; relative model paths are resolved against `base_dir`."""
+    checks: _Checks = {
+        "device": _one_of(SIM_DEVICES), "duration_s": _positive, "seed": _integer(0),
+        "models": lambda v: _models(source, v, Path(base_dir)),
+    }
+    return Workload(**_fields(source, "", data, Workload, checks), source=source)
+
+
+def load_workload(path: str | os.PathLike) -> Workload:
+    """Read and validate a workload YAML file."""
+    source = os.fspath(path)
+    # Same reading and YAML error wording as config.load_config (which does not expose it).
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(source, "file", "a readable UTF-8 YAML file", _Text(reason)) from e
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(source, where, "valid YAML",
+                          _Text("a syntax error: " + " ".join(problem.split()))) from e
+    return parse_workload(data, source, Path(path).parent)
+
+
+def with_device(workload: Workload, device: str) -> Workload:
+    """`workload` on another simulated device (the command line's --device)."""
+    try:
+        device = _one_of(SIM_DEVICES)(device)
+    except _Invalid as e:
+        raise _fail("--device", "device", e) from None
+    return dataclasses.replace(workload, device=device)
+
+
+def arrival_times(arrival: Arrival, duration_s: float, rng: np.random.Generator) -> list[float]:
+    """Open-loop arrival times in seconds, ascending, within [0, duration_s).
+
+    Periodic: phase + k / fps, each late by uniform [0, jitter) when jitter is set (k / fps, not
+    a running sum, so there is no drift). Poisson: exponential gaps drawn from `rng`. Closed:
+    [] (the simulator submits `concurrency` requests at 0 and one more per completion).
+    """
+    if arrival.kind == "closed" or duration_s <= 0:
+        return []
+    if arrival.kind == "periodic":
+        assert arrival.fps is not None
+        phase_s = arrival.phase_ms / 1000.0
+        count = max(0, math.ceil((duration_s - phase_s) * arrival.fps))
+        times = phase_s + np.arange(count) / arrival.fps
+        if arrival.jitter_ms > 0:
+            times = times + rng.uniform(0.0, arrival.jitter_ms / 1000.0, size=count)
+    elif arrival.kind == "poisson":
+        assert arrival.rate_rps is not None
+        chunks, end = [], 0.0
+        expected = arrival.rate_rps * duration_s
+        size = int(expected + 4 * math.sqrt(expected)) + 16  # one chunk nearly always suffices
+        while end < duration_s:
+            chunk = end + np.cumsum(rng.exponential(1.0 / arrival.rate_rps, size=size))
+            chunks.append(chunk)
+            end = float(chunk[-1])
+        times = np.concatenate(chunks)
+    else:
+        raise ValueError(f"unknown arrival kind {arrival.kind!r}")
+    return [float(t) for t in times if t < duration_s]
