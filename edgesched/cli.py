@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -177,7 +178,8 @@ def _simulate(args) -> int:
         workload = with_device(workload, args.device)
     if args.duration:
         workload = dataclasses.replace(workload, duration_s=args.duration)
-    result = simulate(workload, args.policy or ["fifo", "greedy", "priority", "interference"])
+    result = simulate(workload, args.policy or ["fifo", "greedy", "priority", "interference"],
+                      processes=os.cpu_count() or 1)
     print(json.dumps(result) if args.json else format_report(result), flush=True)
     return 0
 

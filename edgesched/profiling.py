@@ -5,9 +5,10 @@ issue, on TensorRT) it uses what a Jetson offers: timed launches, the EMC utiliz
 telemetry reader reports, and probe kernels of known SM footprint:
 - duration_us: median of solo runs;
 - mem: EMC utilization averaged over the solo runs;
-- sm: from the slowdown under compute probes of two footprints f (mem 0): the compute-bound
-  part stretches by max(0, sm + f - 1), so the ratio of the slowdowns at f = 1 and f = 0.75 is
-  (sm - 0.25) / sm, whatever share of the slice is compute-bound;
+- sm, compute_frac: from the slowdown under compute probes of two footprints f (mem 0): the
+  compute-bound share of the slice stretches by max(0, sm + f - 1), so the ratio of the
+  slowdowns at f = 1 and f = 0.75 is (sm - 0.25) / sm, and the slowdown at f = 1 is
+  compute_frac * sm;
 - pairs: sampled slice pairs co-run (each partner relaunched back to back so every measured
   run is fully overlapped) fit the predictor; its error on held-out pairs is reported.
 """
@@ -82,8 +83,8 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
             backend.telemetry()                              # start a fresh window
             solo = statistics.median(runner.run(name, i) for _ in range(runs))
             _, emc = backend.telemetry()
-            slices.append(SliceDemand(_sm_from_probes(runner, name, i, solo), min(emc, 1.0),
-                                      solo * 1e6))
+            sm, compute_frac = _compute_from_probes(runner, name, i, solo)
+            slices.append(SliceDemand(sm, min(emc, 1.0), solo * 1e6, compute_frac))
         demands[name] = tuple(slices)
         if progress:
             progress(name)
@@ -104,10 +105,14 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                     "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
 
 
-def _sm_from_probes(runner: _Runner, model: str, index: int, solo_s: float) -> float:
+def _compute_from_probes(runner: _Runner, model: str, index: int,
+                         solo_s: float) -> tuple[float, float]:
+    """(sm, compute_frac): beside a compute probe of footprint f the slice slows by
+    compute_frac * max(0, sm + f - 1); footprints 1 and 0.75 give both unknowns."""
     full = runner.with_probe(1.0, model, index) / solo_s - 1.0
-    if full < 0.01:                # not compute-bound at all: SM share barely matters
-        return 0.0
+    if full < 0.01:                # no compute-bound time: SM contention barely touches it
+        return 0.0, 0.0
     part = max(runner.with_probe(0.75, model, index) / solo_s - 1.0, 0.0)
     ratio = min(part / full, 0.95)
-    return max(0.05, min(1.0, 0.25 / (1.0 - ratio)))
+    sm = max(0.05, min(1.0, 0.25 / (1.0 - ratio)))
+    return sm, max(0.0, min(1.0, full / sm))

@@ -9,7 +9,9 @@ Every figure this module reports is simulated.
 """
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +65,7 @@ def _load(backend: SimBackend, workload: Workload, paths: dict[str, Path],
 
 def run_policy(workload: Workload, paths: dict[str, Path], policy: str,
                profile: Profile | None, only: set[str] | None = None) -> dict:
-    backend = SimBackend(workload.device, STREAMS, seed=workload.seed)
+    backend = SimBackend(workload.device, STREAMS, seed=workload.seed, outputs=False)
     infos = _load(backend, workload, paths, only)
     tallies = {name: _Tally() for name in infos}
     models = {m.name: m for m in workload.models if m.name in infos}
@@ -126,7 +128,10 @@ def _best_effort_work(workload: Workload, models: dict, profile: Profile) -> flo
     return total
 
 
-def simulate(workload: Workload, policies: list[str]) -> dict:
+def simulate(workload: Workload, policies: list[str], processes: int = 1) -> dict:
+    """Run every policy (and each realtime model alone). processes > 1 runs them in parallel
+    worker processes (the CLI does; a library caller opts in, since spawned workers re-import
+    the caller's __main__)."""
     with tempfile.TemporaryDirectory(prefix="edgesched-sim-") as tmp:
         paths = _prepare(workload, Path(tmp))
         probe = SimBackend(workload.device, STREAMS, seed=workload.seed + 1)
@@ -135,14 +140,21 @@ def simulate(workload: Workload, policies: list[str]) -> dict:
         result = {"simulated": True, "device": workload.device,
                   "duration_s": workload.duration_s, "seed": workload.seed,
                   "predictor_mape": profile.meta.get("predictor_mape"), "policies": {}}
-        for policy in policies:
-            models = run_policy(workload, paths, policy, profile)
+        # Independent runs: one process each, as many at once as there are cores.
+        solos = [m.name for m in workload.models if m.priority is Priority.REALTIME]
+        jobs = [(policy, None) for policy in policies] + [("fifo", {name}) for name in solos]
+        args = [(workload, paths, policy, profile, only) for policy, only in jobs]
+        if processes > 1:
+            with ProcessPoolExecutor(min(len(jobs), processes),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs = list(pool.map(run_policy, *zip(*args)))
+        else:
+            runs = [run_policy(*a) for a in args]
+        for policy, models in zip(policies, runs):
             result["policies"][policy] = {
                 "models": models,
                 "best_effort_work": _best_effort_work(workload, models, profile)}
-        result["solo"] = {m.name: run_policy(workload, paths, "fifo", profile,
-                                             only={m.name})[m.name]
-                          for m in workload.models if m.priority is Priority.REALTIME}
+        result["solo"] = {name: run[name] for name, run in zip(solos, runs[len(policies):])}
     return result
 
 

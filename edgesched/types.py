@@ -146,6 +146,13 @@ class SliceDemand:
     sm: float            # fraction of the SMs it keeps busy, 0..1
     mem: float           # fraction of peak DRAM (EMC) bandwidth it uses, 0..1
     duration_us: float   # solo run time, microseconds
+    # Share of its solo time that SM contention stretches (its compute-bound kernels; launch
+    # gaps and memory-bound kernels are not). None: unmeasured, taken as 1 - mem.
+    compute_frac: float | None = None
+
+    @property
+    def compute_share(self) -> float:
+        return 1.0 - self.mem if self.compute_frac is None else self.compute_frac
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, device: str | DeviceSpec, streams: int, seed: int = 0,
-                 noise_sigma: float = NOISE_SIGMA, realtime: bool = False):
+                 noise_sigma: float = NOISE_SIGMA, realtime: bool = False,
+                 outputs: bool = True):
         """realtime=False: virtual time jumps from event to event (simulate, tests).
         realtime=True: virtual time is time.monotonic() and poll really waits, so a server
         can run on the simulated device and clients see its latencies."""
@@ -77,6 +78,7 @@ class SimBackend:
         self._rng = random.Random(seed)     # per-launch draws: Python's is ~10x cheaper here
         self._sigma = noise_sigma
         self._realtime = realtime
+        self._make_outputs = outputs     # False: fetch returns {} (simulate reads no tensors)
         self._wakeup = threading.Event()
         self._now = time.monotonic() if realtime else 0.0
         self._telemetry_since = self._now
@@ -231,6 +233,8 @@ class SimBackend:
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         """Simulated outputs are zeros of the model's output shapes (dynamic dims as 1)."""
         model = self._staged.pop(request_id)
+        if not self._make_outputs:
+            return {}
         return {t.name: np.zeros([d or 1 for d in t.shape], t.dtype)
                 for t in self._outputs[model]}
 

@@ -144,9 +144,9 @@ class Interference:
             expected = state.next_arrival_s(model)
             if expected is not None and ends_s <= expected:
                 continue
-            worst = max(range(info.num_slices),
-                        key=lambda i: self._demand(model, i).duration_us)
-            beside = self.predictor.slowdowns(group + [self._demand(model, worst)])[-1]
-            if beside > self.tolerance:
-                return False
+            # Any of its slices may be the one that arrives (or continues) next.
+            for i in range(info.num_slices):
+                if self.predictor.slowdowns(group + [self._demand(model, i)])[-1] \
+                        > self.tolerance:
+                    return False
         return True

@@ -3,14 +3,16 @@
 Form "sm-mem-cache/1": with P_sm, P_mem the sums of sm and mem (fractions 0..1) over every
 co-runner, slice i runs
 
-    slowdown_i = 1 + a * (1 - mem_i) * max(0, P_sm - 1)     SM oversubscription
+    slowdown_i = 1 + a * cf_i      * max(0, P_sm - 1)     SM oversubscription
                    + b * mem_i       * max(0, P_mem - 1)    DRAM/EMC bandwidth oversubscription
                    + c * mem_i       * (P_mem - mem_i)      cache/EMC contention below saturation
 
 times slower than alone, with a, b, c >= 0. Why this shape:
 - Work that fits in the SMs (P_sm <= 1) or in the bandwidth (P_mem <= 1) shares it for free;
   past capacity the device time-slices, so the excess is what slows everyone down.
-- SM excess hurts in proportion to how compute-bound a slice is (1 - mem_i); bandwidth
+- SM excess hurts in proportion to the share of a slice's time spent in compute-bound
+  kernels, cf_i (measured by probes; 1 - mem_i when unmeasured: launch gaps and memory-bound
+  kernels do not stretch when SMs are scarce); bandwidth
   excess in proportion to how memory-bound it is (mem_i). So a compute-bound slice beside a
   memory-bound one barely slows: the overlap the scheduler is looking for.
 - Below saturation, others' traffic still evicts my L2 lines and queues at the EMC; that
@@ -59,14 +61,14 @@ class Predictor:
         for d in demands:
             p_sm += d.sm
             p_mem += d.mem
-            mems.append(d.mem)
-        # The terms regrouped so each slice costs a few float ops: with ka = a over_sm,
-        # ka(1-m) + b m over_mem + c m (P_mem - m) = ka + m (kb - c m).
+        # A few float ops per slice: with ka = a over_sm and kb = b over_mem + c P_mem,
+        # slice i gets 1 + ka cf_i + m_i (kb - c m_i).
         ka = a * (p_sm - 1.0) if p_sm > 1.0 else 0.0
-        kb = b * (p_mem - 1.0 if p_mem > 1.0 else 0.0) + c * p_mem - ka
+        kb = b * (p_mem - 1.0 if p_mem > 1.0 else 0.0) + c * p_mem
         # The clamp only bites for demands outside 0..1 (a bad profile) or by an ulp:
         # a prediction must never promise a speed-up.
-        return [s if (s := 1.0 + ka + m * (kb - c * m)) > 1.0 else 1.0 for m in mems]
+        return [s if (s := 1.0 + ka * d.compute_share + d.mem * (kb - c * d.mem)) > 1.0 else 1.0
+                for d in demands]
 
     def slowdown(self, i: int, demands: Sequence[SliceDemand]) -> float:
         """Slice i's predicted slowdown among `demands` (which include slice i itself)."""
@@ -83,7 +85,8 @@ class Predictor:
             p_sm += d.sm
             p_mem += d.mem
         m = demands[i].mem
-        return ((1.0 - m) * max(0.0, p_sm - 1.0), m * max(0.0, p_mem - 1.0), m * (p_mem - m))
+        return (demands[i].compute_share * max(0.0, p_sm - 1.0), m * max(0.0, p_mem - 1.0),
+                m * (p_mem - m))
 
     def to_json(self) -> dict:
         return {"form": FORM, "a": self.a, "b": self.b, "c": self.c}

@@ -29,7 +29,8 @@ class Profile:
     def to_json(self) -> dict:
         return {"version": PROFILE_VERSION, "device": self.device,
                 "predictor": self.predictor.to_json(), "meta": self.meta,
-                "models": {m: [{"sm": d.sm, "mem": d.mem, "duration_us": d.duration_us}
+                "models": {m: [{"sm": d.sm, "mem": d.mem, "duration_us": d.duration_us,
+                                "compute_frac": d.compute_frac}
                                for d in ds] for m, ds in self.demands.items()}}
 
     @classmethod
@@ -39,7 +40,9 @@ class Profile:
                              f" is not {PROFILE_VERSION}")
         try:
             demands = {m: tuple(SliceDemand(float(d["sm"]), float(d["mem"]),
-                                            float(d["duration_us"])) for d in ds)
+                                            float(d["duration_us"]),
+                                            None if d.get("compute_frac") is None
+                                            else float(d["compute_frac"])) for d in ds)
                        for m, ds in raw["models"].items()}
             return cls(str(raw["device"]), demands, Predictor.from_json(raw["predictor"]),
                        dict(raw.get("meta", {})))

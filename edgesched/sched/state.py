@@ -51,9 +51,9 @@ class SchedState:
     _busy_streams: set[int] = field(default_factory=set)
     _slice_load: dict[tuple[str, int], int] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)          # model -> admitted, unanswered
-    # model -> (last arrival s, smoothed inter-arrival s): lets a policy expect the next frame
-    # of a periodic (camera) model without being told its rate.
-    arrivals: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    # model -> (last arrival s, smoothed inter-arrival s, smoothed |deviation| s): lets a
+    # policy expect the next frame of a periodic (camera) model without being told its rate.
+    arrivals: dict[str, tuple[float, float | None, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -89,16 +89,23 @@ class SchedState:
         self._enqueue(request)
         last = self.arrivals.get(request.model)
         if last is None:
-            self.arrivals[request.model] = (request.arrival_s, None)
+            self.arrivals[request.model] = (request.arrival_s, None, 0.0)
         else:
             gap = request.arrival_s - last[0]
-            period = gap if last[1] is None else 0.8 * last[1] + 0.2 * gap
-            self.arrivals[request.model] = (request.arrival_s, period)
+            if last[1] is None:
+                self.arrivals[request.model] = (request.arrival_s, gap, 0.0)
+            else:
+                deviation = 0.8 * last[2] + 0.2 * abs(gap - last[1])
+                self.arrivals[request.model] = (request.arrival_s, 0.8 * last[1] + 0.2 * gap,
+                                                deviation)
 
     def next_arrival_s(self, model: str) -> float | None:
-        """When the model's next request is expected (None: no estimate yet)."""
+        """The earliest plausible time of the model's next request: one period after the last,
+        less three smoothed deviations (camera jitter). None: no estimate yet."""
         last = self.arrivals.get(model)
-        return None if last is None or last[1] is None else last[0] + last[1]
+        if last is None or last[1] is None:
+            return None
+        return last[0] + last[1] - 3.0 * last[2]
 
     def start(self, launch: Launch, now_s: float) -> Request:
         request = self.requests[launch.request_id]
