@@ -22,9 +22,9 @@ WORKLOAD_MODELS = REPO / "engines" / "workloads"
 # file -> the device it is written for and its models, realtime ones first.
 EXPECTED = {
     "camera.yaml": ("orin-nano", ["detector", "classifier", "segmenter"]),
-    "robot.yaml": ("orin-agx", ["detector", "depthnet", "reid"]),
-    "complementary.yaml": ("orin-nx", ["segmenter", "depthnet"]),
-    "xavier.yaml": ("xavier-agx", ["classifier", "detector"]),
+    "robot.yaml": ("orin-agx", ["detector", "segmenter", "depthnet", "reid"]),
+    "complementary.yaml": ("orin-nx", ["segmenter", "depthnet", "classifier"]),
+    "xavier.yaml": ("xavier-agx", ["classifier", "detector", "reid"]),
 }
 
 
@@ -44,7 +44,9 @@ def test_shipped_workload_parses(name):
     assert w.source == str(path) and w.duration_s > 0
     for m in w.models:
         assert m.path.parent == WORKLOAD_MODELS and m.path.is_file()
-        assert 2 <= m.slices <= 6
+        # Realtime models are sliced (decision points); a small best-effort model may run
+        # whole, overlapping on several instances instead.
+        assert 1 <= m.slices <= 6 and (m.slices >= 2 or m.priority is Priority.BEST_EFFORT)
         if m.arrival.kind == "periodic" and m.priority is Priority.REALTIME:
             # A realtime stream whose SLO exceeds its period would queue without bound.
             assert m.slo_ms <= 1000.0 / m.arrival.fps + 0.5, m.name
