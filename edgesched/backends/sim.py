@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from edgesched.backends.base import LoadedModel
-from edgesched.backends.sim_device import SPECS, DeviceSpec, SliceWork, slice_work
+from edgesched.backends.sim_device import SPECS, DeviceSpec, SliceWork, slice_work, work_from_demand
 from edgesched.errors import ModelLoadError
 from edgesched.manifest import MANIFEST_NAME, read_manifest
 from edgesched.types import Completion, Launch, TensorSpec
@@ -114,6 +114,11 @@ class SimBackend:
             raise ModelLoadError(f"{path}: cannot load it for simulation: "
                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
         return self.load_work(model, works, inputs, outputs)
+
+    def load_profiled(self, model: str, demands, inputs=(), outputs=()) -> LoadedModel:
+        """A model known only by its measured profile (a SliceDemand per slice): the second
+        mode, in which the simulated device is the one calibration measured."""
+        return self.load_work(model, [work_from_demand(d) for d in demands], inputs, outputs)
 
     def load_work(self, model: str, works: list[SliceWork], inputs=(), outputs=()) -> LoadedModel:
         """A model given by its slices' work directly (e.g. built from a measured profile)."""

@@ -141,3 +141,16 @@ def slice_work(model: onnx.ModelProto, spec: DeviceSpec) -> SliceWork:
                      len(kernels), compute_busy / compute if compute else 0.0,
                      min(1.0, memory_traffic / (spec.dram_bytes_per_s * memory / 1e6))
                      if memory else 0.0)
+
+
+def work_from_demand(demand) -> SliceWork:
+    """A slice rebuilt from its measured profile entry (edgesched.types.SliceDemand), for a
+    simulated device made from a profile (`predict`): the compute share stretches with SM
+    contention; of the rest, what the measured bandwidth needs at full speed is memory time
+    and the remainder is launch time, which neither resource stretches."""
+    total = demand.duration_us
+    compute = total * demand.compute_share
+    memory = min(total - compute, total * demand.mem)
+    mem_peak = min(1.0, demand.mem * total / memory) if memory > 0 else 0.0
+    return SliceWork(total - compute - memory, compute, memory, demand.sm, demand.mem, 1,
+                     demand.sm, mem_peak)

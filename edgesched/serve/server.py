@@ -20,9 +20,11 @@ from edgesched import __version__
 from edgesched.backends import Backend, create_backend
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
-from edgesched.errors import (DeadlineExceeded, EdgeschedError, InvalidInput, MessageTooLarge,
-                              RequestError, ServerError, ShuttingDown, UnknownModel)
+from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput,
+                              MessageTooLarge, RequestError, ServerError, ShuttingDown,
+                              UnknownModel)
 from edgesched.sched import make_policy
+from edgesched.sched.profile import Profile
 from edgesched.serve import wire
 from edgesched.types import ModelInfo, Priority
 
@@ -40,6 +42,22 @@ def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
     return models
 
 
+def load_profile(config: Config) -> Profile | None:
+    """The configured profile; a missing one is reported and the scheduler runs on its
+    conservative defaults, a broken one stops start-up with one line."""
+    if config.profile is None:
+        return None
+    if not config.profile.is_file():
+        log.warning("profile %s does not exist (run `edgesched calibrate`); scheduling with "
+                    "conservative defaults", config.profile)
+        return None
+    try:
+        return Profile.load(config.profile)
+    except (ValueError, OSError) as e:
+        raise ConfigError(config.source, "profile", "a profile written by edgesched "
+                          f"({config.profile}: {str(e).splitlines()[0]})") from None
+
+
 class Server:
     def __init__(self, config: Config, endpoint: str | None = None,
                  backend: Backend | None = None):
@@ -50,7 +68,8 @@ class Server:
                                                  config.device.sim_device)
         try:
             self.models = load_models(self.backend, config)
-            policy = make_policy(config.scheduler.policy.value, config.source)
+            policy = make_policy(config.scheduler.policy.value, config.source,
+                                 profile=load_profile(config))
         except BaseException:
             self.backend.close()
             raise
