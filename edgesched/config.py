@@ -58,6 +58,14 @@ class ServerConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     policy: PolicyName = PolicyName.PRIORITY
+    tolerance: float = 1.10        # interference: realtime slowdown allowed from co-running
+    early_reject: bool = False     # interference: refuse at once what cannot meet its deadline
+
+    def policy_options(self) -> dict:
+        """The settings the chosen policy takes (only `interference` has any)."""
+        if self.policy is PolicyName.INTERFERENCE:
+            return {"tolerance": self.tolerance, "early_reject": self.early_reject}
+        return {}
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,20 @@ _DEVICE: _Checks = {"backend": _one_of(BackendName), "sim_device": _one_of(SIM_D
                     "streams": _integer(1, 32), "cpu_threads_per_stream": _integer(1, 64)}
 _SERVER: _Checks = {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
                     "drain_timeout_s": _positive}
-_SCHEDULER: _Checks = {"policy": _one_of(PolicyName)}
+def _tolerance(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 3.0:
+        raise _Invalid("a slowdown factor from 1.0 to 3.0", v)
+    return float(v)
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Invalid("true or false", v)
+    return v
+
+
+_SCHEDULER: _Checks = {"policy": _one_of(PolicyName), "tolerance": _tolerance,
+                       "early_reject": _boolean}
 _LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1)}
 
 

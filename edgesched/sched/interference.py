@@ -67,10 +67,18 @@ class Interference:
         high = [s for s in free if s in state.high_priority_streams]
         normal = [s for s in free if s not in state.high_priority_streams]
         load: dict[tuple[str, int], int] = {}
-        launches, rejects = [], []
-        realtime = [r for r in state.waiting() if r.priority is Priority.REALTIME]
+        launches: list[Launch] = []
+        rejects: list[int] = []
+        waiting = list(state.waiting())
+        if self.early_reject:
+            # Only requests carrying a client deadline, and only when even running alone from
+            # now on cannot meet it: the client asked to be told rather than served late.
+            rejects = [r.id for r in waiting if r.deadline_s is not None
+                       and now_s + self._remaining_s(r) > r.deadline_s]
+            waiting = [r for r in waiting if r.id not in rejects]
+        realtime = [r for r in waiting if r.priority is Priority.REALTIME]
         realtime.sort(key=lambda r: (self._deadline(r) - now_s - self._remaining_s(r), r.id))
-        best_effort = [r for r in state.waiting() if r.priority is not Priority.REALTIME]
+        best_effort = [r for r in waiting if r.priority is not Priority.REALTIME]
 
         def fits(r: Request) -> bool:
             key = (r.model, r.next_slice)
@@ -83,10 +91,6 @@ class Interference:
             running.append((r, self._demand(r.model, r.next_slice)))
 
         for r in realtime:
-            if self.early_reject and r.deadline_s is not None \
-                    and now_s + self._remaining_s(r) > r.deadline_s:
-                rejects.append(r.id)
-                continue
             if not (high or normal) or not fits(r):
                 continue
             if self._admits(running, r, now_s):

@@ -69,7 +69,8 @@ class Server:
         try:
             self.models = load_models(self.backend, config)
             policy = make_policy(config.scheduler.policy.value, config.source,
-                                 profile=load_profile(config))
+                                 profile=load_profile(config),
+                                 **config.scheduler.policy_options())
         except BaseException:
             self.backend.close()
             raise

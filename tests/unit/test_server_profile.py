@@ -50,3 +50,24 @@ def test_a_broken_profile_stops_start_up_in_one_line(tmp_path, text):
     with pytest.raises(ConfigError) as err:
         server_with(tmp_path, "profile.json")
     assert "\n" not in str(err.value) and "profile" in str(err.value)
+
+
+def test_scheduler_settings_reach_the_interference_policy(tmp_path):
+    data = {"device": {"backend": "sim", "streams": 2},
+            "scheduler": {"policy": "interference", "tolerance": 1.3, "early_reject": True},
+            "models": [{"name": "detector", "path": str(DETECTOR), "slo_ms": 33}]}
+    server = Server(parse_config(data, "test.yaml", tmp_path))
+    try:
+        assert (server.engine.policy.tolerance, server.engine.policy.early_reject) == (1.3, True)
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("key, value", [("tolerance", 0.9), ("tolerance", "1.1"),
+                                        ("tolerance", 7), ("early_reject", "yes")])
+def test_bad_scheduler_settings_are_one_line(tmp_path, key, value):
+    data = {"scheduler": {"policy": "interference", key: value},
+            "models": [{"name": "detector", "path": str(DETECTOR), "slo_ms": 33}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "test.yaml", tmp_path)
+    assert f"scheduler.{key}" in str(err.value) and "\n" not in str(err.value)
