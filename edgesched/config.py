@@ -306,6 +306,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_config(path: str | os.PathLike) -> Config:
     """Read and validate a YAML config file."""
+    return parse_config(read_yaml(path), os.fspath(path), Path(path).parent)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's data (duplicate keys refused); ConfigError, one line, if unreadable."""
     source = os.fspath(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -320,4 +325,4 @@ def load_config(path: str | os.PathLike) -> Config:
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(source, where, "valid YAML",
                           _Text("a syntax error: " + " ".join(problem.split()))) from e
-    return parse_config(data, source, Path(path).parent)
+    return data

@@ -70,8 +70,7 @@ def run_demo(seconds: float = 10.0, policy: str | None = None,
             config.scheduler, policy=PolicyName(policy)))
     with tempfile.TemporaryDirectory(prefix="edgesched-demo-") as tmp:
         endpoint = f"ipc://{Path(tmp) / 'demo.sock'}"
-        with Server(config, endpoint=endpoint) as server, \
-                Client(endpoint, timeout_s=30.0) as client:
+        with Server(config, endpoint=endpoint), Client(endpoint, timeout_s=30.0) as client:
             specs = client.models()
             tallies = {s["name"]: Tally() for s in specs}
             lock = threading.Lock()

@@ -24,7 +24,7 @@ from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
 from edgesched.slicing import slice_model
 from edgesched.types import ModelInfo, Priority
-from edgesched.workload import Workload, WorkloadModel, arrival_times
+from edgesched.workload import Workload, arrival_times
 
 STREAMS = 4
 QUEUE_DEPTH = 64

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 # Private helpers of config.py, imported so both files check values and word errors the same way.
 from edgesched.config import (
-    SIM_DEVICES, _ABSENT, _Checks, _got, _integer, _Invalid, _name, _one_of, _positive, _resolve,
-    _Text, _UniqueKeyLoader, _fields,
+    SIM_DEVICES, _ABSENT, _Checks, _Invalid, _Text, _fields, _got, _integer, _name, _one_of,
+    _positive, _resolve, read_yaml,
 )
 from edgesched.errors import ConfigError
 from edgesched.types import Priority
@@ -173,22 +172,7 @@ def parse_workload(data: object, source: str, base_dir: Path) -> Workload:
 
 def load_workload(path: str | os.PathLike) -> Workload:
     """Read and validate a workload YAML file."""
-    source = os.fspath(path)
-    # Same reading and YAML error wording as config.load_config (which does not expose it).
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(source, "file", "a readable UTF-8 YAML file", _Text(reason)) from e
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "file"
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(source, where, "valid YAML",
-                          _Text("a syntax error: " + " ".join(problem.split()))) from e
-    return parse_workload(data, source, Path(path).parent)
+    return parse_workload(read_yaml(path), os.fspath(path), Path(path).parent)
 
 
 def with_device(workload: Workload, device: str) -> Workload:

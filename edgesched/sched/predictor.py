@@ -57,7 +57,6 @@ class Predictor:
             return [1.0] * len(demands)
         a, b, c = self.a, self.b, self.c
         p_sm = p_mem = 0.0
-        mems = []
         for d in demands:
             p_sm += d.sm
             p_mem += d.mem
