@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,7 +38,7 @@ def _endpoint(value: str) -> str:
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
-        if value <= 0:
+        if not (math.isfinite(value) and value > 0):     # nan and inf are not durations
             raise ValueError(text)
         return value
     parse.__name__ = f"positive {kind.__name__}"

@@ -4,7 +4,8 @@ Nothing here reads a device's internals. On the simulated GPU (and, with the cal
 issue, on TensorRT) it uses what a Jetson offers: timed launches, the EMC utilization a
 telemetry reader reports, and probe kernels of known SM footprint:
 - duration_us: median of solo runs;
-- mem: EMC utilization averaged over the solo runs;
+- mem: EMC utilization averaged over the solo runs (and the SM busy fraction, for slices
+  that compute probes do not slow);
 - sm, compute_frac: from the slowdown under compute probes of two footprints f (mem 0): the
   compute-bound share of the slice stretches by max(0, sm + f - 1), so the ratio of the
   slowdowns at f = 1 and f = 0.75 is (sm - 0.25) / sm, and the slowdown at f = 1 is
@@ -82,8 +83,8 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
         for i in range(info.num_slices):
             backend.telemetry()                              # start a fresh window
             solo = statistics.median(runner.run(name, i) for _ in range(runs))
-            _, emc = backend.telemetry()
-            sm, compute_frac = _compute_from_probes(runner, name, i, solo)
+            busy, emc = backend.telemetry()
+            sm, compute_frac = _compute_from_probes(runner, name, i, solo, busy)
             slices.append(SliceDemand(sm, min(emc, 1.0), solo * 1e6, compute_frac))
         demands[name] = tuple(slices)
         if progress:
@@ -105,13 +106,15 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                     "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
 
 
-def _compute_from_probes(runner: _Runner, model: str, index: int,
-                         solo_s: float) -> tuple[float, float]:
+def _compute_from_probes(runner: _Runner, model: str, index: int, solo_s: float,
+                         busy: float) -> tuple[float, float]:
     """(sm, compute_frac): beside a compute probe of footprint f the slice slows by
-    compute_frac * max(0, sm + f - 1); footprints 1 and 0.75 give both unknowns."""
+    compute_frac * max(0, sm + f - 1); footprints 1 and 0.75 give both unknowns. A slice the
+    probes do not slow still occupies SMs (stalled on memory): its sm is the busy fraction
+    telemetry saw, so co-runners still feel it."""
     full = runner.with_probe(1.0, model, index) / solo_s - 1.0
-    if full < 0.01:                # no compute-bound time: SM contention barely touches it
-        return 0.0, 0.0
+    if full < 0.01:
+        return min(max(busy, 0.0), 1.0), 0.0
     part = max(runner.with_probe(0.75, model, index) / solo_s - 1.0, 0.0)
     ratio = min(part / full, 0.95)
     sm = max(0.05, min(1.0, 0.25 / (1.0 - ratio)))

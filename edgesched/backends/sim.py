@@ -80,6 +80,7 @@ class SimBackend:
         self._realtime = realtime
         self._make_outputs = outputs     # False: fetch returns {} (simulate reads no tensors)
         self._wakeup = threading.Event()
+        self._ready: list[Completion] = []     # real time: found while catching up, unreported
         self._now = time.monotonic() if realtime else 0.0
         self._telemetry_since = self._now
         self._work: dict[str, list[SliceWork]] = {}
@@ -131,6 +132,8 @@ class SimBackend:
         self._staged[request_id] = model
 
     def launch(self, launch: Launch) -> None:
+        if self._realtime:
+            self._catch_up()          # it starts now, beside whatever is still running now
         if launch.stream in self._jobs:
             raise RuntimeError(f"stream {launch.stream} is busy")
         work = self._work[launch.model][launch.slice_index]
@@ -159,14 +162,23 @@ class SimBackend:
 
     def _poll_realtime(self, timeout_s: float) -> list[Completion]:
         """Sleep (interruptible by wake) until the next completion is due in wall time."""
-        self._wakeup.clear()
-        self._poll_until(time.monotonic())            # catch up with the wall clock
-        durations = self._durations()
-        due = [j.remaining * durations[k] for k, j in self._jobs.items() if j.launch]
-        wait = min([timeout_s, *due]) if due else timeout_s
-        if wait > 0:
-            self._wakeup.wait(wait)
-        return self._poll_until(max(time.monotonic(), self._now))
+        self._catch_up()
+        if not self._ready:
+            durations = self._durations()
+            due = [j.remaining * durations[k] for k, j in self._jobs.items() if j.launch]
+            wait = min([timeout_s, *due]) if due else timeout_s
+            # A wake that came before this poll still counts: clear only after waiting.
+            if wait > 0:
+                self._wakeup.wait(wait)
+            self._wakeup.clear()
+            self._catch_up()
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _catch_up(self) -> None:
+        """Advance virtual time to the wall clock, keeping every completion on the way."""
+        while batch := self._poll_until(max(time.monotonic(), self._now)):
+            self._ready.extend(batch)
 
     def _poll_until(self, target: float) -> list[Completion]:
         while True:

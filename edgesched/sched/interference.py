@@ -97,13 +97,30 @@ class Interference:
                 take(r, (high or normal).pop(0))
         if len(state.high_priority_streams) >= state.num_streams:
             normal += high              # one stream only: best effort may use it too
-        scored = [(self._imposed(running, r), r.arrival_s, r.id, r) for r in best_effort]
-        for _, _, _, r in sorted(scored, key=lambda t: t[:3]):
+        if not normal or not best_effort:
+            return Plan(tuple(launches), tuple(rejects))
+        # Requests of one (model, slice) look the same to the predictor: score each such key
+        # once, and once a key is refused, skip it until the running set changes. A plan then
+        # costs per distinct slice waiting, not per queued request.
+        imposed: dict[tuple[str, int], float] = {}
+        for r in best_effort:
+            key = (r.model, r.next_slice)
+            if key not in imposed:
+                imposed[key] = self._imposed(running, r)
+        refused: set[tuple[str, int]] = set()
+        for r in sorted(best_effort, key=lambda r: (imposed[(r.model, r.next_slice)],
+                                                    r.arrival_s, r.id)):
             if not normal:
                 break
+            key = (r.model, r.next_slice)
+            if key in refused:
+                continue
             if fits(r) and self._admits(running, r, now_s) and self._clears_realtime(
                     state, running, r, now_s):
                 take(r, normal.pop(0))
+                refused.clear()         # the running set changed: judge every key afresh
+            else:
+                refused.add(key)
         return Plan(tuple(launches), tuple(rejects))
 
     def _admits(self, running: list, r: Request, now_s: float) -> bool:
@@ -145,8 +162,13 @@ class Interference:
         for model, info in state.models.items():
             if info.priority is not Priority.REALTIME:
                 continue
-            expected = state.next_arrival_s(model)
-            if expected is not None and ends_s <= expected:
+            seen = state.arrivals.get(model)
+            # Reserve room only for a stream that is live: a known period, and its last frame
+            # within two periods. A never-seen or stopped camera must not starve best effort
+            # (the price: the first frame of a new stream may meet a co-runner).
+            if seen is None or seen[1] is None or now_s - seen[0] > 2.0 * seen[1]:
+                continue
+            if ends_s <= state.next_arrival_s(model):
                 continue
             # Any of its slices may be the one that arrives (or continues) next.
             for i in range(info.num_slices):

@@ -6,6 +6,7 @@ Profiles are data: a versioned JSON file next to the engines.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +40,7 @@ class Profile:
             raise ValueError(f"profile version {raw.get('version') if isinstance(raw, dict) else None!r}"
                              f" is not {PROFILE_VERSION}")
         try:
-            demands = {m: tuple(SliceDemand(float(d["sm"]), float(d["mem"]),
-                                            float(d["duration_us"]),
-                                            None if d.get("compute_frac") is None
-                                            else float(d["compute_frac"])) for d in ds)
+            demands = {m: tuple(_demand(d, f"{m}[{i}]") for i, d in enumerate(ds))
                        for m, ds in raw["models"].items()}
             return cls(str(raw["device"]), demands, Predictor.from_json(raw["predictor"]),
                        dict(raw.get("meta", {})))
@@ -55,3 +53,18 @@ class Profile:
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
         return cls.from_json(json.loads(Path(path).read_text()))
+
+
+def _demand(d: dict, where: str) -> SliceDemand:
+    """One profile entry, refusing values no measurement can produce (a NaN duration would
+    make every deadline comparison false)."""
+    def fraction(key: str) -> float:
+        value = float(d[key])
+        if not 0.0 <= value <= 1.0:        # also false for NaN
+            raise ValueError(f"profile: {where}.{key} = {value} is not a fraction 0..1")
+        return value
+    duration = float(d["duration_us"])
+    if not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"profile: {where}.duration_us = {duration} is not a positive time")
+    return SliceDemand(fraction("sm"), fraction("mem"), duration,
+                       None if d.get("compute_frac") is None else fraction("compute_frac"))
