@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the configured models until SIGINT/SIGTERM")
     _config_arg(serve)
     serve.add_argument("--endpoint", type=_endpoint, help="override server.endpoint")
+    serve.add_argument("--force-profile", action="store_true",
+                       help="use the profile even if measured on another device/power mode")
 
     status = sub.add_parser("status", help="show a running server's models and statistics")
     status.add_argument("--endpoint", type=_endpoint, default=None,
@@ -102,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override the workload's duration_s")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
 
+    cal = sub.add_parser("calibrate", help="measure every slice's demand on this device")
+    _config_arg(cal)
+    cal.add_argument("--out", type=Path, default=None, metavar="PROFILE",
+                     help="profile file (default: the config's `profile`, else ./profile.json)")
+    cal.add_argument("--runs", type=_int_range(1, 1000), default=5,
+                     help="solo runs per slice (the median is kept)")
+    cal.add_argument("--pairs", type=_int_range(0, 10000), default=40,
+                     help="slice pairs co-run to fit the predictor")
+    cal.add_argument("--seed", type=_int_range(0, 2**31), default=0)
+
+    pre = sub.add_parser("predict", help="predict whether models fit together, from a profile")
+    pre.add_argument("--profile", type=Path, required=True)
+    pre.add_argument("models", nargs="+", metavar="MODEL[:RATE[:SLO]]",
+                     help="RATE in requests/s (omitted: as fast as served); SLO in ms "
+                          "(omitted: the config's, else best effort)")
+    _config_arg(pre)
+    pre.add_argument("--policy", choices=sorted(POLICIES), default=None,
+                     help="default: the config's scheduler.policy")
+    pre.add_argument("--duration", type=_positive(float), default=30.0, metavar="S")
+    pre.add_argument("--json", action="store_true")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     overhead = bench_sub.add_parser("overhead", help="server round trip vs in-process vs raw "
@@ -115,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _serve(args) -> int:
     from edgesched.serve.server import Server
     config = load_config(args.config or default_config())
-    server = Server(config, endpoint=args.endpoint).start()
+    server = Server(config, endpoint=args.endpoint, force_profile=args.force_profile).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -185,7 +208,42 @@ def _simulate(args) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
+def _calibrate(args) -> int:
+    from edgesched.calibrate import calibrate, plot, report
+    from edgesched.progress import Progress
+    config = load_config(args.config or default_config())
+    out = args.out or config.profile or Path("profile.json")
+    bar = Progress(len(config.models), "calibrating")
+    profile = calibrate(config, runs=args.runs, pairs=args.pairs, seed=args.seed,
+                        progress=bar.step)
+    profile.save(out)
+    print(report(profile))
+    png = out.with_suffix(".png")
+    print(f"wrote {out}" + (f" and {png}" if plot(profile, png) else
+                            " (install edgesched[plot] for a PNG report)"), flush=True)
+    return 0
+
+
+def _predict(args) -> int:
+    import json
+
+    from edgesched.predict import format_prediction, parse_spec, predict
+    from edgesched.sched.profile import Profile
+    config = load_config(args.config or default_config())
+    try:
+        profile = Profile.load(args.profile)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(args.profile), "profile", "a profile written by `edgesched "
+                          f"calibrate` ({str(e).splitlines()[0]})") from None
+    defaults = {m.name: (m.slo_ms, m.priority) for m in config.models}
+    specs = [parse_spec(text, profile, defaults) for text in args.models]
+    result = predict(profile, specs, args.policy or config.scheduler.policy.value,
+                     duration_s=args.duration)
+    print(json.dumps(result) if args.json else format_prediction(result), flush=True)
+    return 0
+
+
+COMMANDS = {"calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import random
 import statistics
 from typing import Callable
 
-from edgesched.sched.predictor import Predictor, fit_and_validate
+from edgesched.sched.predictor import Predictor, fit_and_validate, holdout_split
 from edgesched.sched.profile import Profile
 from edgesched.types import CoRun, Launch, ModelInfo, SliceDemand
 
@@ -98,11 +98,15 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
         da, db = demands[a[0]][a[1]], demands[b[0]][b[1]]
         samples.append(CoRun((da, db), (ta * 1e6 / da.duration_us, tb * 1e6 / db.duration_us)))
     try:
-        predictor, mape = fit_and_validate(samples)
+        predictor, mape = fit_and_validate(samples, seed=seed)
+        _, held_out = holdout_split(samples, seed=seed)
+        validation = [[p, m] for s in held_out
+                      for p, m in zip(predictor.slowdowns(s.demands), s.slowdowns)]
     except ValueError:       # too few pairs, or none showed contention: keep the default form
-        predictor, mape = Predictor(), None
+        predictor, mape, validation = Predictor(), None, []
     return Profile(device, demands, predictor,
                    {"pairs": len(samples), "predictor_mape": mape, "runs": runs,
+                    "validation": validation,
                     "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
 
 

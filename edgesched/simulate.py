@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgesched.backends.sim import SimBackend
+from edgesched.backends.sim_device import spec_for
 from edgesched.engine import Engine, Result, Submission
 from edgesched.profiling import measure_profile
 from edgesched.sched import make_policy
@@ -63,10 +64,27 @@ def _load(backend: SimBackend, workload: Workload, paths: dict[str, Path],
     return infos
 
 
-def run_policy(workload: Workload, paths: dict[str, Path], policy: str,
+def _load_profiled(backend: SimBackend, workload: Workload, profile: Profile,
+                   only: set[str] | None = None) -> dict[str, ModelInfo]:
+    infos = {}
+    for m in workload.models:
+        if only is None or m.name in only:
+            loaded = backend.load_profiled(m.name, profile.demands[m.name])
+            infos[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
+                                      m.slo_ms, m.priority, m.instances, "profile")
+    return infos
+
+
+def run_policy(workload: Workload, paths: dict[str, Path] | None, policy: str,
                profile: Profile | None, only: set[str] | None = None) -> dict:
-    backend = SimBackend(workload.device, STREAMS, seed=workload.seed, outputs=False)
-    infos = _load(backend, workload, paths, only)
+    """One run of `workload` under `policy`. Models come from their sliced ONNX files
+    (`paths`), or, with paths None, from the profile itself: the simulated device is then the
+    one calibration measured (what `predict` runs)."""
+    backend = SimBackend(spec_for(workload.device), STREAMS, seed=workload.seed, outputs=False)
+    if paths is None:
+        infos = _load_profiled(backend, workload, profile, only)
+    else:
+        infos = _load(backend, workload, paths, only)
     tallies = {name: _Tally() for name in infos}
     models = {m.name: m for m in workload.models if m.name in infos}
     engine: Engine

@@ -73,6 +73,7 @@ class SimBackend:
                 raise ModelLoadError(f"unknown simulated device {device!r}; one of "
                                      + ", ".join(SPECS))
             device = SPECS[device]
+        # (a DeviceSpec argument may be any device, e.g. spec_for() of a profiled CPU)
         self.spec = device
         self.num_streams = streams
         self._rng = random.Random(seed)     # per-launch draws: Python's is ~10x cheaper here

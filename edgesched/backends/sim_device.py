@@ -56,6 +56,13 @@ SPECS = {
 }
 
 
+def spec_for(device: str) -> DeviceSpec:
+    """A shipped spec, or, for a device known only through a measured profile (a CPU, a
+    module we have no figures for), a neutral one: slices rebuilt from a profile carry their
+    own times, so only stream-priority behaviour is taken from the spec."""
+    return SPECS.get(device) or DeviceSpec(device, 1, 0, 1.0, 1.0, 0, 0.0)
+
+
 @dataclass(frozen=True)
 class SliceWork:
     """One slice's solo execution on one device, split by what bounds it."""

@@ -42,9 +42,10 @@ def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
     return models
 
 
-def load_profile(config: Config) -> Profile | None:
-    """The configured profile; a missing one is reported and the scheduler runs on its
-    conservative defaults, a broken one stops start-up with one line."""
+def load_profile(config: Config, force: bool = False) -> Profile | None:
+    """The configured profile. Missing, or measured on another device or power mode (unless
+    `force`): reported, and the scheduler runs on its conservative defaults. Unreadable:
+    start-up stops with one line."""
     if config.profile is None:
         return None
     if not config.profile.is_file():
@@ -52,15 +53,22 @@ def load_profile(config: Config) -> Profile | None:
                     "conservative defaults", config.profile)
         return None
     try:
-        return Profile.load(config.profile)
+        profile = Profile.load(config.profile)
     except (ValueError, OSError) as e:
         raise ConfigError(config.source, "profile", "a profile written by edgesched "
                           f"({config.profile}: {str(e).splitlines()[0]})") from None
+    from edgesched.calibrate import current_conditions, mismatch
+    reason = mismatch(profile, current_conditions(config))
+    if reason and not force:
+        log.warning("ignoring profile %s: %s (recalibrate, or serve --force-profile); "
+                    "scheduling with conservative defaults", config.profile, reason)
+        return None
+    return profile
 
 
 class Server:
     def __init__(self, config: Config, endpoint: str | None = None,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, force_profile: bool = False):
         self.config = config
         self.endpoint = endpoint or config.server.endpoint
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
@@ -69,7 +77,7 @@ class Server:
         try:
             self.models = load_models(self.backend, config)
             policy = make_policy(config.scheduler.policy.value, config.source,
-                                 profile=load_profile(config),
+                                 profile=load_profile(config, force_profile),
                                  **config.scheduler.policy_options())
         except BaseException:
             self.backend.close()
