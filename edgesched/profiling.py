@@ -19,33 +19,50 @@ import random
 import statistics
 from typing import Callable
 
+from edgesched.errors import EdgeschedError
 from edgesched.sched.predictor import Predictor, fit_and_validate, holdout_split
 from edgesched.sched.profile import Profile
 from edgesched.types import CoRun, Launch, ModelInfo, SliceDemand
 
 PROBE_S = 10.0        # probes outlive any measured slice; stopped explicitly
-STREAMS = (1, 2)      # normal-priority streams, so stream priority does not colour the figures
+
+
+class CalibrationError(EdgeschedError):
+    code = "CALIBRATION_ERROR"
 
 
 class _Runner:
     def __init__(self, backend):
         self.b = backend
         self._ids = iter(range(10**9, 2 * 10**9))   # far from the engine's request ids
+        # The last two streams: normal priority where there are 3+ (stream 0 is the
+        # high-priority one), so stream priority does not colour the figures.
+        n = backend.num_streams
+        if n < 2:
+            raise CalibrationError("calibration co-runs slices on 2 streams: set "
+                                   "device.streams to 2 or more")
+        self.streams = (n - 2, n - 1)
 
-    def run(self, model: str, index: int, stream: int = STREAMS[0]) -> float:
+    def _done(self, c) -> float:
+        if c.error is not None:
+            raise CalibrationError(f"model {c.launch.model!r} slice {c.launch.slice_index} "
+                                   f"failed during calibration: {c.error}")
+        return c.finished_s - c.started_s
+
+    def run(self, model: str, index: int) -> float:
         """One solo run; seconds."""
         rid = next(self._ids)
         self.b.stage(rid, model, {})
-        self.b.launch(Launch(rid, model, index, stream))
+        self.b.launch(Launch(rid, model, index, self.streams[0]))
         while True:
             for c in self.b.poll(1.0):
                 self.b.release(rid)
-                return c.finished_s - c.started_s
+                return self._done(c)
 
     def co_run(self, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, float]:
         """First-run durations of a and b started together, each relaunched until both ended."""
         first: dict[int, float] = {}
-        streams = {STREAMS[0]: a, STREAMS[1]: b}
+        streams = {self.streams[0]: a, self.streams[1]: b}
         outstanding = 0
 
         def start(stream: int) -> None:
@@ -54,21 +71,22 @@ class _Runner:
             self.b.stage(rid, streams[stream][0], {})
             self.b.launch(Launch(rid, *streams[stream], stream))
             outstanding += 1
-        for s in STREAMS:
+        for s in self.streams:
             start(s)
         while outstanding:          # until both first runs ended and the device is idle again
             for c in self.b.poll(1.0):
                 outstanding -= 1
                 self.b.release(c.launch.request_id)
-                first.setdefault(c.launch.stream, c.finished_s - c.started_s)
+                first.setdefault(c.launch.stream, self._done(c))
                 if len(first) < 2:
                     start(c.launch.stream)
-        return first[STREAMS[0]], first[STREAMS[1]]
+        return first[self.streams[0]], first[self.streams[1]]
 
-    def with_probe(self, sm: float, model: str, index: int) -> float:
+    def with_probe(self, sm: float, model: str, index: int, runs: int) -> float:
+        """Median run time beside a compute probe (medians tame an OS scheduler's noise)."""
         key = self.b.launch_probe(sm, 0.0, PROBE_S)
         try:
-            return self.run(model, index)
+            return statistics.median(self.run(model, index) for _ in range(runs))
         finally:
             self.b.stop_probe(key)
 
@@ -84,7 +102,7 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
             backend.telemetry()                              # start a fresh window
             solo = statistics.median(runner.run(name, i) for _ in range(runs))
             busy, emc = backend.telemetry()
-            sm, compute_frac = _compute_from_probes(runner, name, i, solo, busy)
+            sm, compute_frac = _compute_from_probes(runner, name, i, solo, busy, runs)
             slices.append(SliceDemand(sm, min(emc, 1.0), solo * 1e6, compute_frac))
         demands[name] = tuple(slices)
         if progress:
@@ -111,15 +129,15 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
 
 
 def _compute_from_probes(runner: _Runner, model: str, index: int, solo_s: float,
-                         busy: float) -> tuple[float, float]:
+                         busy: float, runs: int) -> tuple[float, float]:
     """(sm, compute_frac): beside a compute probe of footprint f the slice slows by
     compute_frac * max(0, sm + f - 1); footprints 1 and 0.75 give both unknowns. A slice the
     probes do not slow still occupies SMs (stalled on memory): its sm is the busy fraction
     telemetry saw, so co-runners still feel it."""
-    full = runner.with_probe(1.0, model, index) / solo_s - 1.0
+    full = runner.with_probe(1.0, model, index, runs) / solo_s - 1.0
     if full < 0.01:
         return min(max(busy, 0.0), 1.0), 0.0
-    part = max(runner.with_probe(0.75, model, index) / solo_s - 1.0, 0.0)
+    part = max(runner.with_probe(0.75, model, index, runs) / solo_s - 1.0, 0.0)
     ratio = min(part / full, 0.95)
     sm = max(0.05, min(1.0, 0.25 / (1.0 - ratio)))
     return sm, max(0.0, min(1.0, full / sm))

@@ -3,9 +3,31 @@
 Each stream is a worker thread. `InferenceSession.run` releases the GIL, so streams run
 concurrently on separate cores. One session per (model, slice), shared by all streams
 (ONNX Runtime sessions are safe to run from several threads at once).
+
+Calibration hooks (the same ones the simulated and TensorRT backends offer, so
+`edgesched.profiling` runs unchanged here):
+- `launch_probe(sm, mem, seconds)` / `stop_probe(key)`: CPU probes from cpu_probes.py, a
+  compute probe on `sm` of the cores and a DRAM-streaming probe on `mem` of them. They run in
+  their own threads on their own arrays and never touch request state or the stream workers.
+- `telemetry()`: (CPU busy fraction of all cores, memory bandwidth fraction) since the last
+  call. The busy fraction comes from /proc/stat (system-wide, like a Jetson's GPU load)
+  when the window spans enough clock ticks (10 ms each) to resolve it, else from this
+  process's own CPU time (cpu_probes.BusyWindow).
+  The bandwidth fraction is NOT a hardware reading: without perf/uncore counters a CPU does
+  not say how many bytes went to DRAM. It is the traffic this backend's own memory probes
+  streamed in the window (which it counts exactly) over the peak streaming bandwidth its
+  memory probe reached on all cores (self-calibrated once, on the first memory probe, or by
+  `calibrate_probes()`). Slices' own DRAM traffic is invisible to it and counts as 0, so it
+  is a lower bound, and 0.0 whenever no memory probe ran.
+- A request staged with no tensors at all (`stage(id, model, {})`, which is how calibration
+  stages its runs) is a synthetic run: every slice's inputs that the request does not hold
+  are zeros of the slice's declared shapes (dynamic dimensions as 1). Requests staged with
+  tensors behave exactly as before (a missing tensor fails the launch).
 """
 from __future__ import annotations
 
+import itertools
+import os
 import queue
 import threading
 import time
@@ -14,6 +36,7 @@ from typing import Mapping
 
 import numpy as np
 
+from edgesched.backends import cpu_probes
 from edgesched.backends.base import LoadedModel
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.manifest import MANIFEST_NAME, read_manifest
@@ -47,29 +70,55 @@ def _spec(arg) -> TensorSpec:
 
 
 class _Slice:
-    __slots__ = ("session", "inputs", "outputs")
+    __slots__ = ("session", "inputs", "outputs", "_zeros")
 
     def __init__(self, session, inputs: tuple[str, ...], outputs: list[str]):
         self.session, self.inputs, self.outputs = session, inputs, outputs
+        self._zeros: dict[str, np.ndarray] | None = None
+
+    def zeros(self) -> dict[str, np.ndarray]:
+        """Zero tensors for every input of this slice (synthetic/calibration runs); built
+        once, read-only, shared by every stream."""
+        if self._zeros is None:
+            zeros = {}
+            for arg in self.session.get_inputs():
+                spec = _spec(arg)
+                array = np.zeros([d or 1 for d in spec.shape], spec.dtype)
+                array.flags.writeable = False
+                zeros[spec.name] = array
+            self._zeros = zeros
+        return self._zeros
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, streams: int, threads_per_stream: int = 1):
+    def __init__(self, streams: int, threads_per_stream: int = 1, *,
+                 root: str | os.PathLike = "/"):
+        """`root`: the filesystem root /proc/stat is read under (tests point it at fixtures)."""
         self._ort = _import_ort()
         self.num_streams = streams
         self._threads_per_stream = threads_per_stream
         self._slices: dict[str, list[_Slice]] = {}
         self._outputs: dict[str, tuple[str, ...]] = {}
-        # request id -> (model, its live tensors: inputs, then every slice's outputs)
-        self._tensors: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
+        # request id -> (model, its live tensors: inputs, then every slice's outputs,
+        #                synthetic: staged with no tensors, so missing inputs are zeros)
+        self._tensors: dict[int, tuple[str, dict[str, np.ndarray], bool]] = {}
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
         for w in self._workers:
             w.start()
+        # calibration probes and telemetry (never touch the request state above)
+        self._probes: dict[int, cpu_probes.CpuProbe] = {}
+        self._probe_keys = itertools.count(1)
+        self._probe_lock = threading.Lock()
+        self._retired_probe_bytes = 0          # bytes moved by probes already stopped
+        self._peak_stream_gbs: float | None = None
+        self._busy = cpu_probes.BusyWindow(root)
+        self._window_bytes = 0
+        self._window_s = time.monotonic()
 
     # --- loading ----------------------------------------------------------------------------
     def _session(self, path: Path):
@@ -120,7 +169,7 @@ class OnnxRuntimeBackend:
 
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
-        self._tensors[request_id] = (model, dict(inputs))
+        self._tensors[request_id] = (model, dict(inputs), not inputs)
 
     def launch(self, launch: Launch) -> None:
         self._work[launch.stream].put(launch)
@@ -135,8 +184,13 @@ class OnnxRuntimeBackend:
             error = None
             try:
                 piece = self._slices[launch.model][launch.slice_index]
-                tensors = self._tensors[launch.request_id][1]
-                results = piece.session.run(piece.outputs, {n: tensors[n] for n in piece.inputs})
+                _, tensors, synthetic = self._tensors[launch.request_id]
+                if synthetic:
+                    zeros = piece.zeros()
+                    feed = {n: tensors[n] if n in tensors else zeros[n] for n in piece.inputs}
+                else:
+                    feed = {n: tensors[n] for n in piece.inputs}
+                results = piece.session.run(piece.outputs, feed)
                 tensors.update(zip(piece.outputs, results))
             except Exception as e:  # a failing slice fails only its own request
                 text = str(e).strip()
@@ -158,7 +212,7 @@ class OnnxRuntimeBackend:
         return [c for c in items if c is not _WAKE]
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
-        model, tensors = self._tensors.pop(request_id)
+        model, tensors, _ = self._tensors.pop(request_id)
         return {n: tensors[n] for n in self._outputs[model]}
 
     def release(self, request_id: int) -> None:
@@ -167,7 +221,78 @@ class OnnxRuntimeBackend:
     def wake(self) -> None:
         self._done.put(_WAKE)
 
+    # --- calibration: probes and telemetry ---------------------------------------------------
+    def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
+        """Start a probe: compute threads on `sm` (0..1) of the cores, DRAM-streaming threads
+        on `mem` (0..1) of them. Returns once every probe thread is running; it stops by itself
+        after `seconds` (a safety cap) if `stop_probe` is not called first."""
+        if mem > 0 and self._peak_stream_gbs is None:     # telemetry's reference, once
+            self._peak_stream_gbs = cpu_probes.measure_stream_gbs(0.2) or None
+        with self._probe_lock:
+            self._reap_probes()
+            key = next(self._probe_keys)
+            probe = cpu_probes.CpuProbe(sm, mem, seconds,
+                                        name=f"{cpu_probes.THREAD_PREFIX}-{key}")
+            self._probes[key] = probe
+        try:
+            probe.start()
+        except Exception:
+            with self._probe_lock:
+                self._probes.pop(key, None)
+            raise
+        return key
+
+    def stop_probe(self, key: int) -> None:
+        """Stop a probe and wait for its threads (idempotent; unknown keys are ignored)."""
+        with self._probe_lock:
+            probe = self._probes.pop(key, None)
+        if probe is not None:
+            self._retire(probe)
+
+    def _retire(self, probe: cpu_probes.CpuProbe) -> None:
+        stats = probe.stop()
+        with self._probe_lock:
+            self._retired_probe_bytes += stats.bytes_moved
+
+    def _reap_probes(self) -> None:
+        """Forget probes whose safety cap ended them (called with the lock held)."""
+        for key in [k for k, p in self._probes.items() if not p.running]:
+            probe = self._probes.pop(key)
+            self._retired_probe_bytes += probe.stop().bytes_moved
+
+    def _probe_bytes(self) -> int:
+        with self._probe_lock:
+            return self._retired_probe_bytes + sum(p.stats().bytes_moved
+                                                   for p in self._probes.values())
+
+    def calibrate_probes(self, seconds: float = 0.2) -> cpu_probes.ProbeCalibration:
+        """Measure what the probes achieve alone at full footprint (GFLOP/s, GB/s) and keep the
+        streaming figure as the peak bandwidth telemetry's fraction is relative to. Run it
+        while nothing else runs (the first memory probe measures the peak by itself)."""
+        calibration = cpu_probes.calibrate(seconds)
+        self._peak_stream_gbs = calibration.stream_gbs or None
+        return calibration
+
+    def telemetry(self) -> tuple[float, float]:
+        """(CPU busy fraction over all cores, memory bandwidth fraction) since the last call
+        (the first call: since the backend was made). Both are in [0, 1]; see the module
+        docstring for what the bandwidth fraction can and cannot see."""
+        now = time.monotonic()
+        busy = self._busy.read()
+        moved = self._probe_bytes()
+        span = now - self._window_s
+        bandwidth = 0.0
+        if span > 0 and moved > self._window_bytes and self._peak_stream_gbs:
+            gbs = (moved - self._window_bytes) / span / 1e9
+            bandwidth = min(max(gbs / self._peak_stream_gbs, 0.0), 1.0)
+        self._window_bytes, self._window_s = moved, now
+        return busy, bandwidth
+
     def close(self) -> None:
+        with self._probe_lock:
+            probes, self._probes = list(self._probes.values()), {}
+        for probe in probes:
+            self._retire(probe)
         for work in self._work:
             work.put(None)
         for w in self._workers:

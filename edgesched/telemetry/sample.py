@@ -38,10 +38,12 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
-# Rails that measure the whole module input, first found wins (jetson-stats' rule, plus
-# Thor's VIN). Without one of them the total is the sum of every rail reported, as
-# jetson-stats does (e.g. AGX Orin: VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0 [+ VDDQ_VDD2_1V8AO]).
-TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
+# Rails that measure the whole input, first found wins: jetson-stats 7.2's rule (VIN is
+# Thor's carrier-board input, VDD_IN the module input on Orin NX/Nano and Xavier NX,
+# POM_5V_IN on Nano/TX2). Without one of them the total is the sum of every rail reported,
+# also as jetson-stats does (AGX Orin: VDD_GPU_SOC + VDD_CPU_CV + VIN_SYS_5V0, plus
+# VDDQ_VDD2_1V8AO on JetPack 5; AGX Xavier: GPU + CPU + SOC + CV + VDDRQ + SYS5V).
+TOTAL_RAILS = ("VIN", "POM_5V_IN", "VDD_IN")
 
 
 def total_power_mw(rails_mw: dict[str, float]) -> float | None:
@@ -55,10 +57,10 @@ def total_power_mw(rails_mw: dict[str, float]) -> float | None:
 
 
 def normalize_sensor(name: str) -> str:
-    """One key per sensor across readers: "CPU-therm", "cpu-thermal" and tegrastats' "CPU"
-    all become "cpu"."""
-    key = name.strip().lower()
-    for suffix in ("-thermal", "-therm", "_thermal"):
-        if key.endswith(suffix) and len(key) > len(suffix):
-            return key[: -len(suffix)]
-    return key
+    """One key per sensor across readers: jetson-stats' rule for a thermal zone type (the
+    part before the first "-", else before the first "_"), lowercased. So sysfs'
+    "CPU-therm", "cpu-thermal", "Tdiode_tegra", "PMIC-Die" and tegrastats' "CPU@", "cpu@",
+    "Tdiode@", "PMIC@" meet as "cpu", "tdiode", "pmic"."""
+    key = name.strip()
+    key = key.split("-")[0] if "-" in key else key.split("_")[0]
+    return (key or name.strip()).lower()

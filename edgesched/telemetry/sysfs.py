@@ -1,7 +1,7 @@
 """Telemetry straight from sysfs/debugfs, through a root path (tests point it at a fixture tree).
 
 What is read, and from where (every path is relative to `root`; the layout follows what
-jetson-stats 4.x reads, see tests/fixtures/README.md):
+jetson-stats reads, versions 4.x to 7.2; see tests/fixtures/README.md):
 
 - GPU load: the devfreq device under `sys/class/devfreq/*` whose `device/of_node/name` is
   `gpu` (Orin), `ga10b`, `gv11b` (Xavier) or `gp10b`; its `device/load` is in per-mille
@@ -11,17 +11,18 @@ jetson-stats 4.x reads, see tests/fixtures/README.md):
 - GPU clock: that devfreq device's `cur_freq`, in Hz -> MHz.
 - EMC clock: `sys/kernel/debug/bpmp/debug/clk/emc/rate` (Hz; debugfs, root only), else
   Thor's `sys/class/devfreq/bwmgr/cur_freq` (Hz).
-- EMC utilization: the first readable of `sys/kernel/debug/cactmon/mc_all` (Orin, JP6),
+- EMC utilization: the first readable of `sys/kernel/debug/cactmon/mc_all` (JetPack 6),
   `sys/kernel/debug/bpmp/debug/actmon/mc_all_avg_activity` (Thor),
-  `sys/kernel/actmon_avg_activity/mc_all` (Xavier, Orin JP5). The value is the actmon's
-  average memory-controller activity, taken to be in kHz of EMC clock, so
-  utilization % = 100 * activity / (EMC rate in kHz). That is MangoHud's formula; jetson-stats
-  4.x computes `activity // rate_kHz` without the factor 100, which jetson-stats issue #715
-  reports as "EMC always 0%" on AGX Orin JP6.1 -- consistent with kHz. Not confirmed on a
-  board here: check against `tegrastats` EMC_FREQ % before trusting absolute values.
+  `sys/kernel/actmon_avg_activity/mc_all` (earlier releases, e.g. Xavier). The value is the
+  actmon's average memory-controller activity, taken to be in kHz of EMC clock, so
+  utilization % = 100 * activity / (EMC rate in kHz). That is MangoHud's formula
+  (activity / MHz / 10); jetson-stats (4.x to 7.2) computes `activity // rate_kHz`, without
+  the factor 100, and its issue #715 reports "EMC always 0%" on AGX Orin JP6.1 -- consistent
+  with kHz. Not confirmed on a board here: compare with tegrastats' EMC_FREQ % before
+  trusting absolute values.
 - Temperatures: `sys/class/thermal/thermal_zone*/{type,temp}`, temp in milli-degrees C.
-  Keys are the zone type lowercased with a `-thermal`/`-therm` suffix dropped ("cpu", "gpu",
-  "tj"), the names tegrastats prints. A zone reading <= -100 C (e.g. -256 C for a powered-off
+  Keys follow sample.normalize_sensor ("cpu-thermal" -> "cpu", "Tdiode_tegra" -> "tdiode"),
+  the names tegrastats prints. A zone reading <= -100 C (e.g. -256 C for a powered-off
   CV/GPU cluster) is left out.
 - Power: INA3221 monitors under `sys/bus/i2c/devices/*` (a `name` containing "ina3221",
   then `hwmon/hwmon*/in<N>_label`, `in<N>_input` mV, `curr<N>_input` mA). Channels labelled NC
@@ -62,6 +63,7 @@ NVPMODEL_CONF = "etc/nvpmodel.conf"
 NVPMODEL_STATUS = "var/lib/nvpmodel/status"
 SENSOR_OFF_C = -100.0      # below this a thermal zone is reporting "no reading" (-256 C)
 SHUNT_SUM_CHANNEL = 7      # INA3221 hwmon: the sum of shunt voltages, not a rail
+MIN_MAX_CUR = ("min", "max", "cur")
 
 _POWER_MODEL_RE = re.compile(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+?)\s*>")
 _PM_DEFAULT_RE = re.compile(r"<\s*PM_CONFIG\s+DEFAULT=(\d+)\s*>")
@@ -75,6 +77,13 @@ def _text(path: Path) -> str | None:
         return path.read_text(errors="replace").strip().strip("\x00").strip()
     except OSError:
         return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:          # e.g. EACCES on a root-only directory on the way
+        return False
 
 
 def _int(path: Path) -> int | None:
@@ -99,14 +108,15 @@ def find_gpu(root: Path) -> _Gpu | None:
     except OSError:
         entries = []
     for entry in entries:
-        if _text(entry / "device/of_node/name") in GPU_OF_NAMES and (entry / "device/load").is_file():
+        is_gpu = _text(entry / "device/of_node/name") in GPU_OF_NAMES
+        if is_gpu and _is_file(entry / "device/load"):
             return _Gpu(load=entry / "device/load", devfreq=entry)
     for rel in GPU_LOAD_FALLBACKS:
         load = root / rel
-        if load.is_file():
+        if _is_file(load):
             # A GPU device directory keeps its devfreq node at devfreq/<device name>/.
             freq = load.parent / "devfreq" / load.parent.name
-            return _Gpu(load=load, devfreq=freq if (freq / "cur_freq").is_file() else None)
+            return _Gpu(load=load, devfreq=freq if _is_file(freq / "cur_freq") else None)
     return None
 
 
@@ -228,9 +238,9 @@ class SysfsReader:
     def _jetson_clocks(self) -> bool | None:
         triples = []
         for cpufreq in sorted((self.root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq")):
-            triples.append(tuple(_int(cpufreq / f"scaling_{k}_freq") for k in ("min", "max", "cur")))
+            triples.append(tuple(_int(cpufreq / f"scaling_{k}_freq") for k in MIN_MAX_CUR))
         if self._gpu and self._gpu.devfreq:
-            triples.append(tuple(_int(self._gpu.devfreq / f"{k}_freq") for k in ("min", "max", "cur")))
+            triples.append(tuple(_int(self._gpu.devfreq / f"{k}_freq") for k in MIN_MAX_CUR))
         if not triples or any(v is None for t in triples for v in t):
             return None
         return all(lo == hi == cur for lo, hi, cur in triples)

@@ -1,8 +1,9 @@
 """Parse `tegrastats` lines, and a reader that runs the tool and keeps its latest line.
 
 Formats handled (tests/fixtures/tegrastats/ has one file per family):
-- `GR3D_FREQ X%@Y` (JetPack 4 and some JP6 builds), `GR3D_FREQ X%@[a,b]` (JP5/JP6/JP7: one
-  load aggregated over the GPCs, one clock per GPC -- gpu_freq_mhz is the highest),
+- `GR3D_FREQ X%@Y` (JetPack 4; listed for JP6 too, though the JP6 lines in public captures
+  use the bracket form), `GR3D_FREQ X%@[a,b]` (JP5/JP6/JP7: one load aggregated over the
+  GPCs, one clock per GPC -- gpu_freq_mhz is the highest),
   `GR3D_FREQ X%` (no clock: tegrastats run without root), `GR3D_FREQ @[a,b,c]` (Thor run as
   root: clocks, no load), and no GR3D_FREQ at all (Thor without root). `GR3D2_FREQ` (a second
   GPC printed separately on early Orin NX builds) is ignored.
@@ -18,7 +19,7 @@ GR3D_FREQ/EMC_FREQ value that does not parse, raises ValueError with a one-line 
 """
 from __future__ import annotations
 
-import logging
+import os
 import re
 import subprocess
 import threading
@@ -27,8 +28,6 @@ from typing import Sequence
 
 from edgesched.telemetry import TelemetryUnavailable
 from edgesched.telemetry.sample import TelemetrySample, normalize_sensor, total_power_mw
-
-log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = ("tegrastats", "--interval", "100")
 SENSOR_OFF_C = -100.0
@@ -97,8 +96,13 @@ class TegrastatsReader:
 
     name = "tegrastats"
 
-    def __init__(self, command: Sequence[str] = DEFAULT_COMMAND, first_line_timeout_s: float = 5.0):
+    def __init__(self, command: Sequence[str] = DEFAULT_COMMAND,
+                 first_line_timeout_s: float = 5.0):
         self.command = tuple(command)
+        # For messages: the program itself, past a wrapper such as `stdbuf -oL`.
+        self._label = os.path.basename(next(
+            (arg for arg in self.command if arg != "stdbuf" and not arg.startswith("-")),
+            self.command[0]))
         self.first_line_timeout_s = first_line_timeout_s
         self.bad_lines = 0
         self._latest: TelemetrySample | ValueError | None = None
@@ -111,7 +115,7 @@ class TegrastatsReader:
                                           text=True, bufsize=1)
         except OSError as e:
             raise TelemetryUnavailable(
-                f"cannot run {' '.join(self.command)!r}: {e.strerror or e}") from None
+                f"cannot run {self.command[0]!r}: {e.strerror or e}") from None
         self._thread = threading.Thread(target=self._pump, name="tegrastats-reader", daemon=True)
         self._thread.start()
 
@@ -133,14 +137,14 @@ class TegrastatsReader:
 
     def read(self) -> TelemetrySample:
         if not self._got_line.wait(self.first_line_timeout_s):
-            raise TelemetryUnavailable(f"{self.command[0]} printed nothing in "
-                                       f"{self.first_line_timeout_s:g} s")
+            raise TelemetryUnavailable(
+                f"{self._label} printed nothing in {self.first_line_timeout_s:g} s")
         if self._ended:
             try:
                 code = self._proc.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
                 code = None
-            raise TelemetryUnavailable(f"{self.command[0]} stopped (exit status {code})")
+            raise TelemetryUnavailable(f"{self._label} stopped (exit status {code})")
         with self._lock:
             item = self._latest
         if isinstance(item, ValueError):
