@@ -24,7 +24,7 @@ from edgesched.errors import BackendUnavailable
 from edgesched.profiling import measure_profile
 from edgesched.sched.profile import Profile
 from edgesched.table import format_table
-from edgesched.types import BackendName
+from edgesched.types import BackendName, SliceDemand
 
 log = logging.getLogger("edgesched.calibrate")
 CALIBRATION_STREAMS = 3      # profiling co-runs on streams 1 and 2 (0 is the priority stream)
@@ -71,6 +71,31 @@ def mismatch(profile: Profile, conditions: dict) -> str | None:
         if then is not None and now is not None and then != now:
             return f"it was measured with {key} {then!r}, now it is {now!r}"
     return None
+
+
+def estimate_profile(config: Config) -> Profile:
+    """Demands from the ONNX cost model on the configured module's spec, for serving before
+    any calibration: right in proportion, not measured. Models without ONNX (bare engines)
+    are left out: the scheduler treats them conservatively."""
+    import onnx
+
+    from edgesched.backends.sim_device import SPECS, slice_work
+    from edgesched.manifest import MANIFEST_NAME, read_manifest
+    spec = SPECS[config.device.sim_device]
+    demands = {}
+    for m in config.models:
+        if (m.path / MANIFEST_NAME).is_file():
+            manifest = read_manifest(m.path)
+            files = [manifest.slice_path(s) for s in manifest.slices]
+        elif m.path.suffix == ".onnx":
+            files = [m.path]
+        else:
+            continue
+        works = [slice_work(onnx.load(str(f)), spec) for f in files]
+        demands[m.name] = tuple(SliceDemand(w.sm_peak, w.mem, w.duration_us,
+                                            w.compute_us / w.duration_us) for w in works)
+    return Profile(f"estimate:{spec.name}", demands,
+                   meta={"estimated": True, "method": f"cost model on {spec.name} figures"})
 
 
 def _backend(config: Config):

@@ -26,7 +26,7 @@ from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, Inv
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
 from edgesched.serve import wire
-from edgesched.types import ModelInfo, Priority
+from edgesched.types import ModelInfo, PolicyName, Priority
 
 log = logging.getLogger("edgesched.server")
 _BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
@@ -43,26 +43,26 @@ def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
 
 
 def load_profile(config: Config, force: bool = False) -> Profile | None:
-    """The configured profile. Missing, or measured on another device or power mode (unless
-    `force`): reported, and the scheduler runs on its conservative defaults. Unreadable:
-    start-up stops with one line."""
-    if config.profile is None:
+    """The configured profile. None configured, missing, or measured on another device or
+    power mode (unless `force`): reported, and the scheduler runs on cost-model estimates.
+    Unreadable: start-up stops with one line. Only `interference` reads a profile."""
+    if config.scheduler.policy is not PolicyName.INTERFERENCE:
         return None
-    if not config.profile.is_file():
-        log.warning("profile %s does not exist (run `edgesched calibrate`); scheduling with "
-                    "conservative defaults", config.profile)
-        return None
+    from edgesched.calibrate import current_conditions, estimate_profile, mismatch
+    if config.profile is None or not config.profile.is_file():
+        log.warning("no profile%s (run `edgesched calibrate`); scheduling with cost-model "
+                    "estimates", f" at {config.profile}" if config.profile else "")
+        return estimate_profile(config)
     try:
         profile = Profile.load(config.profile)
     except (ValueError, OSError) as e:
         raise ConfigError(config.source, "profile", "a profile written by edgesched "
                           f"({config.profile}: {str(e).splitlines()[0]})") from None
-    from edgesched.calibrate import current_conditions, mismatch
     reason = mismatch(profile, current_conditions(config))
     if reason and not force:
         log.warning("ignoring profile %s: %s (recalibrate, or serve --force-profile); "
-                    "scheduling with conservative defaults", config.profile, reason)
-        return None
+                    "scheduling with cost-model estimates", config.profile, reason)
+        return estimate_profile(config)
     return profile
 
 

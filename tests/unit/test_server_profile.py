@@ -34,11 +34,14 @@ def test_a_valid_profile_informs_the_interference_policy(tmp_path):
         server.stop()
 
 
-def test_a_missing_profile_is_reported_and_serving_goes_on(tmp_path, caplog):
+def test_a_missing_profile_is_reported_and_serving_goes_on_with_estimates(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="edgesched.server"):
         server = server_with(tmp_path, "absent.json")
     try:
-        assert server.engine.policy.profile is None
+        estimate = server.engine.policy.profile
+        assert estimate.meta["estimated"] and estimate.device == "estimate:orin-nx"
+        (demand,) = estimate.demands["detector"]             # one slice: the whole model
+        assert demand.duration_us > 0 and 0 < demand.sm <= 1 and 0 <= demand.mem <= 1
         assert any("absent.json" in r.getMessage() for r in caplog.records)
     finally:
         server.stop()
