@@ -148,3 +148,10 @@ def test_calibrate_and_predict_from_the_command_line(tmp_path):
                           str(tmp_path / "missing.json"), "classifier"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_png_report_is_written_where_matplotlib_is_installed(calibrated, tmp_path):
+    pytest.importorskip("matplotlib")
+    from edgesched.calibrate import plot
+    assert plot(calibrated[3], tmp_path / "report.png")
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
