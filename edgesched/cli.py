@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--duration", type=_positive(float), default=30.0, metavar="S")
     pre.add_argument("--json", action="store_true")
 
+    sub.add_parser("selftest", help="check TensorRT, CUDA and telemetry on this machine")
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     overhead = bench_sub.add_parser("overhead", help="server round trip vs in-process vs raw "
@@ -243,7 +245,12 @@ def _predict(args) -> int:
     return 0
 
 
-COMMANDS = {"calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
+def _selftest(args) -> int:
+    from edgesched.selftest import selftest
+    return selftest(lambda line: print(line, flush=True))
+
+
+COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
 
 
 def main(argv: list[str] | None = None) -> int:
