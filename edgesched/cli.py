@@ -139,16 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args) -> int:
     from edgesched.serve.server import Server
+    from edgesched.serve.systemd import Notifier
     config = load_config(args.config or default_config())
-    server = Server(config, endpoint=args.endpoint, force_profile=args.force_profile).start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"edgesched: serving {', '.join(server.models)} on {server.endpoint} "
-          f"({server.backend.name}, policy {config.scheduler.policy.value})", flush=True)
-    stop.wait()
-    print("edgesched: draining", flush=True)
-    server.stop()
+    # Under systemd (Type=notify) `systemctl status` shows these STATUS= lines; the Server
+    # sends READY=1, WATCHDOG=1 and STOPPING=1 itself. Outside systemd all of it is a no-op.
+    with Notifier.from_env() as notifier:
+        notifier.status(f"loading {len(config.models)} models")
+        server = Server(config, endpoint=args.endpoint, force_profile=args.force_profile,
+                        notifier=notifier).start()
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        serving = (f"serving {', '.join(server.models)} on {server.endpoint} "
+                   f"({server.backend.name}, policy {config.scheduler.policy.value})")
+        notifier.status(serving)
+        print(f"edgesched: {serving}", flush=True)
+        stop.wait()
+        notifier.status("draining in-flight requests")
+        print("edgesched: draining", flush=True)
+        server.stop()
     return 0
 
 

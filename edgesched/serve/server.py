@@ -26,6 +26,7 @@ from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, Inv
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
 from edgesched.serve import wire
+from edgesched.serve.systemd import Notifier
 from edgesched.types import ModelInfo, PolicyName, Priority
 
 log = logging.getLogger("edgesched.server")
@@ -68,8 +69,13 @@ def load_profile(config: Config, force: bool = False) -> Profile | None:
 
 class Server:
     def __init__(self, config: Config, endpoint: str | None = None,
-                 backend: Backend | None = None, force_profile: bool = False):
+                 backend: Backend | None = None, force_profile: bool = False,
+                 notifier: Notifier | None = None):
         self.config = config
+        # systemd Type=notify: READY=1 / WATCHDOG=1 / STOPPING=1 (a no-op outside systemd).
+        # One the server makes itself it also closes; one passed in belongs to the caller.
+        self._owns_notifier = notifier is None
+        self.notifier = Notifier.from_env() if notifier is None else notifier
         self.endpoint = endpoint or config.server.endpoint
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
                                                  config.device.cpu_threads_per_stream,
@@ -118,9 +124,12 @@ class Server:
             self._stopped = True                 # everything is released: stop() is a no-op
             self.backend.close()
             self._ctx.term()
+            self._close_notifier()
             raise
         self._threads[1].start()
         log.info("serving %d models on %s", len(self.models), self.endpoint)
+        # Models are loaded and the socket is bound: clients can connect from now on.
+        self.notifier.ready()
         return self
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
@@ -128,9 +137,11 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        self.notifier.stopping()
         if self._threads[1].ident is None:       # never started
             self.backend.close()
             self._ctx.term()
+            self._close_notifier()
             return
         timeout = self.config.server.drain_timeout_s if drain_timeout_s is None \
             else drain_timeout_s
@@ -151,12 +162,17 @@ class Server:
             sock.close(linger=0)
         self.backend.close()
         self._ctx.term()
+        self._close_notifier()
 
     def __enter__(self) -> "Server":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _close_notifier(self) -> None:
+        if self._owns_notifier:
+            self.notifier.close()
 
     def _prepare_ipc(self) -> None:
         """Create the socket's directory; refuse to steal a live server's socket file."""
@@ -172,6 +188,9 @@ class Server:
     # --- engine thread ------------------------------------------------------------------------
     def _run_engine(self) -> None:
         while not self._stop_engine.is_set():
+            # systemd's watchdog ping comes from this loop (rate-limited inside), so an engine
+            # stuck in a step stops the pings and systemd restarts the service.
+            self.notifier.watchdog()
             try:
                 self.engine.step(0.05)
             except Exception:
