@@ -105,8 +105,8 @@ def _backend(config: Config):
         # Calibration needs no wall clock: the virtual one measures the same device, faster.
         return SimBackend(config.device.sim_device, streams, seed=1)
     if name is BackendName.TENSORRT:
-        raise BackendUnavailable("calibrating on TensorRT needs its runtime backend (not in "
-                                 "this build yet)")
+        raise BackendUnavailable("calibrating on TensorRT needs CUDA probe kernels, which "
+                                 "are not written yet: calibrate with backend: sim to try it")
     return create_backend(name, streams, config.device.cpu_threads_per_stream,
                           config.device.sim_device)
 

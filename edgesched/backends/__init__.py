@@ -19,9 +19,11 @@ def resolve_backend_name(name: BackendName) -> BackendName:
 
 
 def _tensorrt_runtime_ready() -> bool:
-    """Our TensorRT module builds engines today; serving needs its runtime backend class."""
+    """Serving on TensorRT needs our runtime backend and pycuda beside tensorrt (a Jetson
+    with JetPack's tensorrt but no pycuda yet serves on ONNX Runtime rather than failing)."""
     from edgesched.backends import tensorrt    # imports tensorrt itself only when used
-    return hasattr(tensorrt, "TensorRTBackend")
+    return hasattr(tensorrt, "TensorRTBackend") and \
+        importlib.util.find_spec("pycuda") is not None
 
 
 def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int = 1,
@@ -33,7 +35,10 @@ def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int 
     if name is BackendName.SIM:
         from edgesched.backends.sim import SimBackend
         return SimBackend(sim_device, streams, realtime=True)     # serving: wall-clock time
-    raise BackendUnavailable(f"backend {name.value!r} is not part of this build yet; "
+    if name is BackendName.TENSORRT:
+        from edgesched.backends.tensorrt import TensorRTBackend
+        return TensorRTBackend(streams)
+    raise BackendUnavailable(f"backend {name.value!r} is not part of this build; "
                              "use backend: onnxruntime")
 
 

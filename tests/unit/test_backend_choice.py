@@ -16,16 +16,25 @@ def test_auto_falls_back_to_onnxruntime_without_tensorrt(monkeypatch):
     assert resolve_backend_name(BackendName.AUTO) is BackendName.ONNXRUNTIME
 
 
-def test_auto_keeps_onnxruntime_while_tensorrt_cannot_serve_yet(monkeypatch):
+def test_auto_picks_tensorrt_when_it_and_pycuda_are_importable(monkeypatch):
     fake = types.ModuleType("tensorrt")
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     real = __import__("importlib").util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec",
-                        lambda name, *a: object() if name == "tensorrt" else real(name, *a))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object()
+                        if name in ("tensorrt", "pycuda") else real(name, *a))
+    assert resolve_backend_name(BackendName.AUTO) is BackendName.TENSORRT
+
+
+def test_auto_stays_on_onnxruntime_when_pycuda_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    real = __import__("importlib").util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object()
+                        if name == "tensorrt" else None if name == "pycuda" else real(name, *a))
     assert resolve_backend_name(BackendName.AUTO) is BackendName.ONNXRUNTIME
 
 
-def test_tensorrt_serving_is_refused_in_one_line_until_it_lands():
+def test_tensorrt_without_tensorrt_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)      # import tensorrt -> ImportError
     with pytest.raises(BackendUnavailable) as err:
         create_backend(BackendName.TENSORRT, streams=1)
     assert "\n" not in str(err.value) and "tensorrt" in str(err.value)

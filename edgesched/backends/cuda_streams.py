@@ -1,0 +1,226 @@
+"""Priority streams, completion events and stream-ordered copies through the CUDA driver API.
+
+Only tensorrt.py uses this module; it is the one other place that may import cuda-python or
+load libcuda, and it does so lazily (`open_driver`). Why not pycuda for these: pycuda's
+`Stream()` takes no priority, and its `Event.record` / `memcpy_*_async` accept only pycuda
+Stream objects, so they cannot run on a stream made here. Memory and the primary context stay
+with pycuda; everything ordered on our streams goes through one `Driver`:
+  - cuda-python (`cuda.bindings.driver`, or the older `cuda.cuda`) when importable,
+  - else the same functions from `libcuda.so.1` through ctypes.
+The one call that blocks, `event_synchronize`, always goes through ctypes when libcuda loads:
+ctypes releases the GIL around foreign calls, while cuda-python does only in newer releases
+(its 12.8-generated sources call the driver with the GIL held; the 13.0 ones wrap every call in
+`with nogil`), and a waiter holding the GIL would stall the engine thread for a whole slice.
+
+Every call acts on the calling thread's current context: callers push the primary context
+first. Handles are plain ints (what TensorRT's `execute_async_v3` takes); 0 never appears.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Protocol
+
+from edgesched.errors import BackendUnavailable
+
+CU_STREAM_NON_BLOCKING = 0x1       # no implicit sync with the legacy default stream
+CU_EVENT_BLOCKING_SYNC = 0x1       # synchronize() sleeps in the driver instead of spinning
+CU_EVENT_DISABLE_TIMING = 0x2      # cheaper record; we time completions on the host clock
+EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING
+LIBCUDA = "libcuda.so.1"
+
+
+class CudaDriverError(RuntimeError):
+    """A driver call failed; str() names the call and the CUresult."""
+
+
+class Driver(Protocol):
+    name: str
+
+    def priority_range(self) -> tuple[int, int]:
+        """(least, greatest) stream priority of the current context; greatest is numerically
+        lowest (e.g. (0, -5)): lower number = higher priority."""
+
+    def stream_create(self, priority: int) -> int:
+        """A CU_STREAM_NON_BLOCKING stream at `priority`."""
+
+    def stream_synchronize(self, stream: int) -> None: ...
+
+    def stream_destroy(self, stream: int) -> None: ...
+
+    def event_create(self) -> int:
+        """An event with BLOCKING_SYNC | DISABLE_TIMING."""
+
+    def event_record(self, event: int, stream: int) -> None: ...
+
+    def event_synchronize(self, event: int) -> None:
+        """Block (sleeping, GIL released) until the work before the record is done."""
+
+    def event_destroy(self, event: int) -> None: ...
+
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        """Device pointer <- pinned host address, ordered on `stream`."""
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        """Pinned host address <- device pointer, ordered on `stream`."""
+
+
+# --- ctypes on libcuda.so.1 -------------------------------------------------------------------
+
+def _load_libcuda():
+    """The driver library, or None where there is none (tests replace this function)."""
+    try:
+        return ctypes.CDLL(LIBCUDA)
+    except OSError:
+        return None
+
+
+_P = ctypes.c_void_p
+# name -> argtypes; every function returns CUresult (int). The _v2 names are the ABI that
+# cuda.h's macros select (64-bit CUdeviceptr, current stream/event destroy semantics).
+_SIGNATURES = {
+    "cuCtxGetStreamPriorityRange": [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)],
+    "cuStreamCreateWithPriority": [ctypes.POINTER(_P), ctypes.c_uint, ctypes.c_int],
+    "cuStreamSynchronize": [_P],
+    "cuStreamDestroy_v2": [_P],
+    "cuEventCreate": [ctypes.POINTER(_P), ctypes.c_uint],
+    "cuEventRecord": [_P, _P],
+    "cuEventSynchronize": [_P],
+    "cuEventDestroy_v2": [_P],
+    "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, _P, ctypes.c_size_t, _P],
+    "cuMemcpyDtoHAsync_v2": [_P, ctypes.c_uint64, ctypes.c_size_t, _P],
+    "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+}
+
+
+class CtypesDriver:
+    name = "ctypes:" + LIBCUDA
+
+    def __init__(self, lib):
+        self._lib = lib
+        for fn, argtypes in _SIGNATURES.items():
+            f = getattr(lib, fn)
+            f.argtypes, f.restype = argtypes, ctypes.c_int
+
+    def _call(self, fn: str, *args) -> None:
+        status = getattr(self._lib, fn)(*args)
+        if status != 0:
+            text = ctypes.c_char_p()
+            self._lib.cuGetErrorName(status, ctypes.byref(text))
+            name = text.value.decode() if text.value else f"CUresult {status}"
+            raise CudaDriverError(f"{fn} failed: {name}")
+
+    def priority_range(self) -> tuple[int, int]:
+        least, greatest = ctypes.c_int(), ctypes.c_int()
+        self._call("cuCtxGetStreamPriorityRange", ctypes.byref(least), ctypes.byref(greatest))
+        return least.value, greatest.value
+
+    def stream_create(self, priority: int) -> int:
+        handle = _P()
+        self._call("cuStreamCreateWithPriority", ctypes.byref(handle), CU_STREAM_NON_BLOCKING,
+                   priority)
+        return handle.value or 0
+
+    def stream_synchronize(self, stream: int) -> None:
+        self._call("cuStreamSynchronize", stream)
+
+    def stream_destroy(self, stream: int) -> None:
+        self._call("cuStreamDestroy_v2", stream)
+
+    def event_create(self) -> int:
+        handle = _P()
+        self._call("cuEventCreate", ctypes.byref(handle), EVENT_FLAGS)
+        return handle.value or 0
+
+    def event_record(self, event: int, stream: int) -> None:
+        self._call("cuEventRecord", event, stream)
+
+    def event_synchronize(self, event: int) -> None:
+        self._call("cuEventSynchronize", event)
+
+    def event_destroy(self, event: int) -> None:
+        self._call("cuEventDestroy_v2", event)
+
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self._call("cuMemcpyHtoDAsync_v2", dst, src, nbytes, stream)
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self._call("cuMemcpyDtoHAsync_v2", dst, src, nbytes, stream)
+
+
+# --- cuda-python -------------------------------------------------------------------------------
+
+def _import_cuda_python():
+    """cuda-python's driver module: `cuda.bindings.driver` (12.6+), else `cuda.cuda`."""
+    try:
+        from cuda.bindings import driver
+        return driver
+    except ImportError:
+        pass
+    try:
+        from cuda import cuda as driver
+        return driver
+    except ImportError:
+        return None
+
+
+class CudaPythonDriver:
+    """cuda-python calls return (CUresult, *outputs); handles convert with int()."""
+
+    def __init__(self, module, libcuda=None):
+        self._cu = module
+        self._waits = CtypesDriver(libcuda) if libcuda is not None else None
+        self.name = f"cuda-python:{module.__name__}"
+
+    def _call(self, fn: str, *args):
+        result = getattr(self._cu, fn)(*args)
+        status = result[0]
+        if int(status) != 0:
+            raise CudaDriverError(f"{fn} failed: {getattr(status, 'name', status)}")
+        return result[1:]
+
+    def priority_range(self) -> tuple[int, int]:
+        least, greatest = self._call("cuCtxGetStreamPriorityRange")
+        return int(least), int(greatest)
+
+    def stream_create(self, priority: int) -> int:
+        (stream,) = self._call("cuStreamCreateWithPriority", CU_STREAM_NON_BLOCKING, priority)
+        return int(stream)
+
+    def stream_synchronize(self, stream: int) -> None:
+        self._call("cuStreamSynchronize", stream)
+
+    def stream_destroy(self, stream: int) -> None:
+        self._call("cuStreamDestroy", stream)
+
+    def event_create(self) -> int:
+        (event,) = self._call("cuEventCreate", EVENT_FLAGS)
+        return int(event)
+
+    def event_record(self, event: int, stream: int) -> None:
+        self._call("cuEventRecord", event, stream)
+
+    def event_synchronize(self, event: int) -> None:
+        if self._waits is not None:
+            self._waits.event_synchronize(event)
+        else:
+            self._call("cuEventSynchronize", event)
+
+    def event_destroy(self, event: int) -> None:
+        self._call("cuEventDestroy", event)
+
+    def memcpy_htod_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self._call("cuMemcpyHtoDAsync", dst, src, nbytes, stream)
+
+    def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self._call("cuMemcpyDtoHAsync", dst, src, nbytes, stream)
+
+
+def open_driver() -> Driver:
+    libcuda = _load_libcuda()
+    module = _import_cuda_python()
+    if module is not None:
+        return CudaPythonDriver(module, libcuda)
+    if libcuda is None:
+        raise BackendUnavailable(f"no CUDA driver API: neither cuda-python nor {LIBCUDA} "
+                                 "can be loaded (is the NVIDIA driver installed?)")
+    return CtypesDriver(libcuda)
