@@ -7,6 +7,7 @@ memory), so the engine only hands over inputs once (`stage`) and takes outputs o
 """
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
@@ -49,3 +50,21 @@ class Backend(Protocol):
         """Make a poll that is waiting now return early. Thread-safe."""
 
     def close(self) -> None: ...
+
+
+WAKE = object()      # put into a completion queue by wake(): ends a waiting drain early
+
+
+def drain(done: queue.SimpleQueue, timeout_s: float) -> list:
+    """What a thread-based backend's completion queue holds: waits up to timeout_s for the
+    first item, then takes whatever else is there without waiting; WAKE markers dropped."""
+    try:
+        first = done.get(timeout=timeout_s) if timeout_s > 0 else done.get_nowait()
+    except queue.Empty:
+        return []
+    items = [first]
+    while True:
+        try:
+            items.append(done.get_nowait())
+        except queue.Empty:
+            return [item for item in items if item is not WAKE]

@@ -37,7 +37,7 @@ from typing import Mapping
 import numpy as np
 
 from edgesched.backends import cpu_probes
-from edgesched.backends.base import LoadedModel
+from edgesched.backends.base import WAKE, LoadedModel, drain
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.manifest import MANIFEST_NAME, read_manifest
 from edgesched.types import Completion, Launch, TensorSpec
@@ -49,7 +49,6 @@ _ORT_DTYPES = {
     "tensor(uint16)": "uint16", "tensor(int32)": "int32", "tensor(uint32)": "uint32",
     "tensor(int64)": "int64", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
 }
-_WAKE = object()
 
 
 def _import_ort():
@@ -198,18 +197,7 @@ class OnnxRuntimeBackend:
             self._done.put(Completion(launch, start, time.monotonic(), error))
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        try:
-            first = self._done.get(timeout=max(timeout_s, 0.0)) if timeout_s > 0 \
-                else self._done.get_nowait()
-        except queue.Empty:
-            return []
-        items = [first]
-        while True:
-            try:
-                items.append(self._done.get_nowait())
-            except queue.Empty:
-                break
-        return [c for c in items if c is not _WAKE]
+        return drain(self._done, timeout_s)
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         model, tensors, _ = self._tensors.pop(request_id)
@@ -219,7 +207,7 @@ class OnnxRuntimeBackend:
         self._tensors.pop(request_id, None)
 
     def wake(self) -> None:
-        self._done.put(_WAKE)
+        self._done.put(WAKE)
 
     # --- calibration: probes and telemetry ---------------------------------------------------
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:

@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from edgesched.backends import cuda_streams
-from edgesched.backends.base import LoadedModel
+from edgesched.backends.base import WAKE, LoadedModel, drain
 from edgesched.errors import BackendUnavailable, EdgeschedError, ModelLoadError
 from edgesched.manifest import MANIFEST_NAME, read_manifest
 from edgesched.types import Completion, Launch, TensorSpec
@@ -133,7 +133,6 @@ def _write_layer_info(trt, logger, blob, engine_path: Path) -> None:
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _ALIGN = 256                       # pooled buffer sizes round up to this (TensorRT's alignment)
-_WAKE = object()
 log = logging.getLogger("edgesched.tensorrt")
 
 
@@ -593,17 +592,7 @@ class TensorRTBackend:
             self._cuda.Context.pop()
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        try:
-            first = self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait()
-        except queue.Empty:
-            return []
-        items = [first]
-        while True:
-            try:
-                items.append(self._done.get_nowait())
-            except queue.Empty:
-                break
-        return [self._finish(f) for f in items if f is not _WAKE]
+        return [self._finish(flight) for flight in drain(self._done, timeout_s)]
 
     def _finish(self, flight: _Flight) -> Completion:
         """Back on the engine thread: the GPU is done with the launch's context and buffers."""
@@ -642,7 +631,7 @@ class TensorRTBackend:
         request.tensors.clear()
 
     def wake(self) -> None:
-        self._done.put(_WAKE)
+        self._done.put(WAKE)
 
     def close(self) -> None:
         """Stop the waiters (after the launches they hold), then free everything in the
