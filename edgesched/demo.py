@@ -21,7 +21,7 @@ from edgesched.paths import shipped
 from edgesched.serve.client import Client
 from edgesched.serve.server import Server
 from edgesched.table import format_table
-from edgesched.types import PolicyName, Priority
+from edgesched.types import BackendName, PolicyName, Priority
 
 CAMERA_FPS = {"convnet": 30.0, "depthwise": 15.0}   # frames/s per realtime model
 CLOSED_LOOP_CLIENTS = 2                               # per best-effort model
@@ -65,6 +65,9 @@ def run_demo(seconds: float = 10.0, policy: str | None = None,
              config: Config | None = None) -> str:
     """Serve, drive the workload for `seconds`, and return the printed report."""
     config = config or load_config(shipped("configs/default.yaml"))
+    # The examples are ONNX: serve them on ONNX Runtime even where `auto` would pick TensorRT.
+    config = dataclasses.replace(config, device=dataclasses.replace(
+        config.device, backend=BackendName.ONNXRUNTIME))
     if policy is not None:
         config = dataclasses.replace(config, scheduler=dataclasses.replace(
             config.scheduler, policy=PolicyName(policy)))

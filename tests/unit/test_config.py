@@ -84,7 +84,7 @@ def test_default_yaml_parses_with_stand_in_model_files(tmp_path):
 
     cfg = load_config(path)
 
-    assert cfg.device == DeviceConfig(BackendName.AUTO, "orin-nano", 4, 1)
+    assert cfg.device == DeviceConfig(BackendName.ONNXRUNTIME, "orin-nano", 4, 1)
     assert cfg.server.endpoint == default_endpoint()
     assert cfg.scheduler.policy is PolicyName.PRIORITY
     assert cfg.limits == LimitsConfig()
