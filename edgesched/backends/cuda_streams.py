@@ -1,6 +1,6 @@
 """Priority streams, completion events and stream-ordered copies through the CUDA driver API.
 
-Only tensorrt.py uses this module; it is the one other place that may import cuda-python or
+Only the tensorrt package (runtime.py) uses this module; it is the one other place that may import cuda-python or
 load libcuda, and it does so lazily (`open_driver`). Why not pycuda for these: pycuda's
 `Stream()` takes no priority, and its `Event.record` / `memcpy_*_async` accept only pycuda
 Stream objects, so they cannot run on a stream made here. Memory and the primary context stay

@@ -1,0 +1,14 @@
+"""TensorRT: the only package that imports tensorrt and pycuda (lazily, inside the functions and
+the constructor using them; ../cuda_streams.py holds the driver-API calls).
+
+build.py builds engines from ONNX slices (`edgesched build`); runtime.py is `TensorRTBackend`,
+which serves them in the device's shared primary CUDA context. One code path covers TensorRT
+8.6 and 10.x (the APIs named in ../shared/REFERENCE.md).
+"""
+from edgesched.backends.tensorrt.build import (
+    WORKSPACE_BYTES, BuildOptions, EngineBuildError, available, build_engine, version,
+)
+from edgesched.backends.tensorrt.runtime import ENGINE_SUFFIXES, TensorRTBackend, device_report
+
+__all__ = ["ENGINE_SUFFIXES", "WORKSPACE_BYTES", "BuildOptions", "EngineBuildError",
+           "TensorRTBackend", "available", "build_engine", "device_report", "version"]
