@@ -14,9 +14,15 @@ import numpy as np
 from edgesched.backends import cuda_streams
 from edgesched.backends.base import WAKE, LoadedModel, drain
 from edgesched.backends.tensorrt.build import _import_trt
+from edgesched.backends.tensorrt.memory import Pool as _Pool
+from edgesched.backends.tensorrt.memory import Tensor as _Tensor
+from edgesched.backends.tensorrt.state import Flight as _Flight
+from edgesched.backends.tensorrt.state import Model as _Model
+from edgesched.backends.tensorrt.state import Request as _Request
+from edgesched.backends.tensorrt.state import Slice as _Slice
 from edgesched.errors import BackendUnavailable, EdgeschedError, ModelLoadError
 from edgesched.manifest import MANIFEST_NAME, read_manifest
-from edgesched.types import Completion, Launch, TensorSpec
+from edgesched.types import Completion, Launch
 
 # Everything runs in the device's PRIMARY context (the one TensorRT's runtime API uses), pushed
 # around every CUDA-calling section of the engine thread and for the life of each waiter thread.
@@ -24,7 +30,6 @@ from edgesched.types import Completion, Launch, TensorSpec
 # not pycuda); memory comes from pycuda.
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_ALIGN = 256                       # pooled buffer sizes round up to this (TensorRT's alignment)
 log = logging.getLogger("edgesched.tensorrt")
 
 
@@ -65,135 +70,6 @@ def _one_line(e: BaseException) -> str:
 
 class _LaunchError(Exception):
     """A launch that cannot be carried out: fails that request only."""
-
-
-class _Buffer:
-    """A pooled allocation. `ptr` is what TensorRT reads and writes. `host` (uint8) is the CPU
-    side of a tensor the request hands in or out: the same memory when mapped (zero-copy), a
-    pinned staging copy beside device memory on a discrete GPU; None for device-only tensors."""
-
-    __slots__ = ("key", "ptr", "host", "host_ptr", "allocations")
-
-    def __init__(self, key, ptr: int, host: np.ndarray | None, allocations: tuple):
-        self.key, self.ptr, self.host, self.allocations = key, ptr, host, allocations
-        self.host_ptr = host.ctypes.data if host is not None else 0
-
-
-class _Pool:
-    """Buffers reused across requests by (host-visible, capacity): allocating pinned memory
-    costs milliseconds, far more than a slice. Used by the engine thread only."""
-
-    def __init__(self, cuda, zero_copy: bool):
-        self._cuda, self._zero_copy = cuda, zero_copy
-        self._free: dict[tuple[bool, int], list[_Buffer]] = {}
-        self.buffers: list[_Buffer] = []
-
-    def take(self, host: bool, nbytes: int) -> _Buffer:
-        key = (host, -(-max(nbytes, 1) // _ALIGN) * _ALIGN)
-        free = self._free.get(key)
-        if free:
-            return free.pop()
-        cuda, capacity = self._cuda, key[1]
-        if host and self._zero_copy:          # integrated GPU: one pinned, device-mapped buffer
-            array = cuda.pagelocked_empty(capacity, np.uint8,
-                                          mem_flags=cuda.host_alloc_flags.DEVICEMAP)
-            buf = _Buffer(key, int(array.base.get_device_pointer()), array, (array.base,))
-        elif host:                            # discrete: device memory + pinned staging copy
-            device = cuda.mem_alloc(capacity)
-            array = cuda.pagelocked_empty(capacity, np.uint8)
-            buf = _Buffer(key, int(device), array, (device, array.base))
-        else:
-            device = cuda.mem_alloc(capacity)
-            buf = _Buffer(key, int(device), None, (device,))
-        self.buffers.append(buf)
-        return buf
-
-    def give(self, buf: _Buffer) -> None:
-        self._free.setdefault(buf.key, []).append(buf)
-
-    def free_all(self) -> None:
-        for buf in self.buffers:
-            for allocation in buf.allocations:
-                allocation.free()
-        self.buffers, self._free = [], {}
-
-
-class _Tensor:
-    __slots__ = ("buf", "dtype", "shape", "nbytes", "dirty")
-
-    def __init__(self, buf: _Buffer, dtype: np.dtype, shape: tuple[int, ...]):
-        self.buf, self.dtype, self.shape = buf, dtype, shape
-        self.nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self.dirty = False          # host side newer than the device side (staging copies only)
-
-    def view(self) -> np.ndarray:
-        return self.buf.host[:self.nbytes].view(self.dtype).reshape(self.shape)
-
-
-class _Slice:
-    """One engine and its execution contexts: one per instance, each with its own scratch
-    memory (the default allocation), so `instances` requests of this slice can run at once."""
-
-    def __init__(self, trt, engine, instances: int, path: Path):
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
-        self.dtypes: dict[str, np.dtype] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}       # engine dims, -1 = dynamic
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            try:
-                self.dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            except TypeError:
-                raise ModelLoadError(f"{path}: tensor {name!r} has a type numpy cannot hold "
-                                     f"({engine.get_tensor_dtype(name)})") from None
-            self.shapes[name] = tuple(int(d) for d in engine.get_tensor_shape(name))
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(name)
-        self.contexts = [engine.create_execution_context() for _ in range(instances)]
-        if any(c is None for c in self.contexts):
-            raise ModelLoadError(f"{path}: TensorRT cannot create {instances} execution "
-                                 "context(s) (out of device memory?)")
-        self.free = list(self.contexts)
-        self.engine = engine
-
-    def spec(self, name: str) -> TensorSpec:
-        return TensorSpec(name, self.dtypes[name].name,
-                          tuple(None if d < 0 else d for d in self.shapes[name]))
-
-
-class _Model:
-    def __init__(self, slices: list[_Slice], inputs, outputs):
-        self.slices, self.inputs, self.outputs = slices, tuple(inputs), tuple(outputs)
-        self.host_visible = {t.name for t in self.inputs} | {t.name for t in self.outputs}
-        self.dtypes: dict[str, np.dtype] = {}
-        for piece in slices:
-            self.dtypes.update(piece.dtypes)
-
-
-class _Request:
-    __slots__ = ("model", "tensors", "synthetic", "error", "running", "released")
-
-    def __init__(self, model: _Model, synthetic: bool):
-        self.model, self.synthetic = model, synthetic
-        self.tensors: dict[str, _Tensor] = {}
-        self.error: str | None = None
-        self.running = 0             # launches not yet reported by poll
-        self.released = False        # fetched/released while a launch ran: free when it ends
-
-
-class _Flight:
-    """One launch between `launch` and `poll`."""
-
-    __slots__ = ("launch", "request", "started_s", "finished_s", "error", "piece", "context",
-                 "event")
-
-    def __init__(self, launch: Launch, request: _Request | None, started_s: float):
-        self.launch, self.request, self.started_s = launch, request, started_s
-        self.finished_s = started_s
-        self.error: str | None = None
-        self.piece: _Slice | None = None
-        self.context = None
-        self.event = 0
 
 
 class TensorRTBackend:
