@@ -3,8 +3,8 @@
 Only the tensorrt package (runtime.py) uses this module; it is the one other place that may
 import cuda-python or load libcuda, and it does so lazily (`open_driver`). Why not pycuda for
 these: pycuda's `Stream()` takes no priority, and its `Event.record` / `memcpy_*_async` accept
-only pycuda Stream objects, so they cannot run on a stream made here. Memory and the primary context stay
-with pycuda; everything ordered on our streams goes through one `Driver`:
+only pycuda Stream objects, so they cannot run on a stream made here. Memory and the primary
+context stay with pycuda; everything ordered on our streams goes through one `Driver`:
   - cuda-python (`cuda.bindings.driver`, or the older `cuda.cuda`) when importable,
   - else the same functions from `libcuda.so.1` through ctypes.
 The one call that blocks, `event_synchronize`, always goes through ctypes when libcuda loads:

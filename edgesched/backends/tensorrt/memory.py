@@ -1,4 +1,4 @@
-"""Request tensors' memory for the TensorRT backend: pooled, and zero-copy where the GPU shares DRAM.
+"""Request tensors' memory for the TensorRT backend: pooled, zero-copy where the GPU shares DRAM.
 
 pycuda is handed in (`Pool(cuda, zero_copy)`), so this module imports no device library itself.
 """
