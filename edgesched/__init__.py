@@ -7,15 +7,15 @@ __version__ = "0.1.0"
 
 from edgesched.errors import (  # noqa: E402  (the version must exist before submodules load)
     ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput, MessageTooLarge,
-    ModelLoadError, Overloaded, RequestError, ServerError, ServerUnavailable, ShuttingDown,
-    UnknownModel,
+    ModelLoadError, ModelUnavailable, Overloaded, RequestError, ServerError, ServerUnavailable,
+    ShuttingDown, UnknownModel,
 )
 from edgesched.serve.client import AsyncClient, Client, Pending  # noqa: E402
 from edgesched.types import Priority  # noqa: E402
 
 __all__ = [
     "AsyncClient", "Client", "Pending", "Priority", "ConfigError", "DeadlineExceeded",
-    "EdgeschedError", "InvalidInput", "MessageTooLarge", "ModelLoadError", "Overloaded",
-    "RequestError", "ServerError", "ServerUnavailable", "ShuttingDown", "UnknownModel",
+    "EdgeschedError", "InvalidInput", "MessageTooLarge", "ModelLoadError", "ModelUnavailable",
+    "Overloaded", "RequestError", "ServerError", "ServerUnavailable", "ShuttingDown", "UnknownModel",
     "__version__",
 ]

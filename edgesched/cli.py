@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(overhead)
     overhead.add_argument("--model", default="attention")
     overhead.add_argument("--requests", type=_positive(int), default=2000)
+    soak = bench_sub.add_parser("soak", help="long mixed load; watch the server for leaks and "
+                                             "lost requests")
+    _config_arg(soak)
+    soak.add_argument("--endpoint", type=_endpoint, default=None,
+                      help="attach to the server running there (default: start one on a "
+                           "private socket and stop it at the end)")
+    soak.add_argument("--minutes", type=_positive(float), default=10.0)
+    soak.add_argument("--interval-s", type=_positive(float), default=60.0,
+                      help="seconds per printed row")
+    soak.add_argument("--clients", type=_int_range(1, 64), default=4,
+                      help="pipelining client threads")
+    soak.add_argument("--json", action="store_true",
+                      help="print the result as one JSON object (rows go to stderr)")
     return parser
 
 
@@ -189,10 +202,25 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.bench == "soak":
+        return _bench_soak(args)
     from edgesched.bench import bench_overhead
     config = load_config(args.config or default_config())
     print(bench_overhead(config, args.model, n=args.requests), flush=True)
     return 0
+
+
+def _bench_soak(args) -> int:
+    import json
+
+    from edgesched.soak import soak
+    out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    result = soak(args.config, args.endpoint, duration_s=args.minutes * 60,
+                  interval_s=args.interval_s, clients=args.clients, out=out)
+    if args.json:
+        print(json.dumps(result.to_dict()), flush=True)
+    return 0 if result.clean else 1     # lost or duplicate replies, a crash, a bad server exit
 
 
 def _build(args) -> int:

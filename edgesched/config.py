@@ -72,6 +72,10 @@ class SchedulerConfig:
 class LimitsConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # one request message, all frames together
     queue_depth: int = 64                      # queued requests per model before Overloaded
+    launch_timeout_s: float = 10.0             # one slice launch longer than this fails its
+                                               # request; the stream stays held until it ends
+    unhealthy_after: int = 3                   # consecutive failed launches -> model unhealthy
+    unhealthy_retry_s: float = 5.0             # an unhealthy model gets one probe this often
 
 
 @dataclass(frozen=True)
@@ -222,7 +226,9 @@ def _boolean(v: Any) -> bool:
 
 _SCHEDULER: _Checks = {"policy": _one_of(PolicyName), "tolerance": _tolerance,
                        "early_reject": _boolean}
-_LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1)}
+_LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1),
+                    "launch_timeout_s": _positive, "unhealthy_after": _integer(1),
+                    "unhealthy_retry_s": _positive}
 
 
 def _join(prefix: str, key: object) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -16,10 +17,14 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgesched.backends.base import Backend
-from edgesched.errors import DeadlineExceeded, Overloaded, RequestError, ServerError
+from edgesched.errors import (DeadlineExceeded, ModelUnavailable, Overloaded, RequestError,
+                              ServerError)
+from edgesched.health import Health
 from edgesched.sched import Policy, Request, SchedState
 from edgesched.stats import Stats
 from edgesched.types import Completion, Launch, ModelInfo, Priority, Timings
+
+log = logging.getLogger("edgesched.engine")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,8 @@ class Result:
 class Engine:
     def __init__(self, backend: Backend, models: Mapping[str, ModelInfo], policy: Policy, *,
                  queue_depth: int, on_result: Callable[[Result], None],
-                 clock: Callable[[], float] = time.monotonic, stats: Stats | None = None):
+                 clock: Callable[[], float] = time.monotonic, stats: Stats | None = None,
+                 launch_timeout_s: float | None = None, health: Health | None = None):
         self.backend = backend
         self.policy = policy
         self.models = dict(models)
@@ -56,6 +62,10 @@ class Engine:
         self._inbox: collections.deque[Submission] = collections.deque()  # thread-safe appends
         self._ids = itertools.count(1)
         self._deadlines: list[tuple[float, int]] = []                    # heap of (deadline, id)
+        # A launch running longer than this fails its request; None: launches never time out.
+        self.launch_timeout_s = launch_timeout_s
+        self._timeouts: list[tuple[float, int, int]] = []      # heap of (give up s, id, slice)
+        self.health = health or Health(self.models, unhealthy_after=3, retry_s=5.0)
 
     # --- any thread -------------------------------------------------------------------------
     def submit(self, submission: Submission) -> None:
@@ -64,13 +74,23 @@ class Engine:
 
     @property
     def idle(self) -> bool:
+        """Nothing queued or running that awaits an answer (stuck launches were answered)."""
         return not self._inbox and not self.state.requests
+
+    @property
+    def stuck_streams(self) -> int:
+        """Streams held by a launch that overran the launch timeout and has not ended."""
+        return len(self.state.stuck)
 
     # --- the engine thread ------------------------------------------------------------------
     def step(self, max_wait_s: float = 0.1) -> None:
         now = self._clock()
         self._admit(now)
         self._expire(now)
+        if self.state.stuck and len(self.state.stuck) == self.state.num_streams:
+            self._fail_waiting(None, ServerError(
+                "no stream can run the request: every stream is held by a slice that overran "
+                "the launch timeout"))
         plan = self.policy.plan(self.state, now)
         for rid in plan.rejects:
             request = self.state.requests[rid]
@@ -80,6 +100,8 @@ class Engine:
         for launch in plan.launches:
             self._start(launch, now)
         self._complete(self.backend.poll(self._wait_s(now, max_wait_s)))
+        if self._timeouts:
+            self._time_out(self._clock())
 
     def abort_all(self, error: RequestError) -> None:
         """Answer every queued and running request with `error`. Terminal: call it only once the
@@ -92,8 +114,12 @@ class Engine:
     def _wait_s(self, now: float, max_wait_s: float) -> float:
         if self._inbox:
             return 0.0
-        if self._deadlines:
-            return min(max_wait_s, max(self._deadlines[0][0] - now, 0.0))
+        timeouts = self._timeouts
+        while timeouts and self._ended(timeouts[0]):    # launches that ended in time
+            heapq.heappop(timeouts)
+        for heap in (self._deadlines, timeouts):
+            if heap:
+                max_wait_s = min(max_wait_s, max(heap[0][0] - now, 0.0))
         return max_wait_s
 
     def _admit(self, now: float) -> None:
@@ -103,7 +129,10 @@ class Engine:
             request = Request(next(self._ids), sub.model, sub.priority or info.priority,
                               sub.arrival_s, info.slo_ms / 1e3, info.num_slices, sub.deadline_s,
                               sub.reply_to)
-            if self.state.pending(sub.model) >= self._queue_depth:
+            stuck = any(launch.model == sub.model for launch in self.state.stuck.values())
+            if not self.health.admit(sub.model, now, stuck):
+                self._reject(request, ModelUnavailable(self.health.describe(sub.model)), "failed")
+            elif self.state.pending(sub.model) >= self._queue_depth:
                 self._reject(request, Overloaded(
                     f"model {sub.model!r}: {self._queue_depth} requests already queued"), "rejected")
             elif sub.deadline_s is not None and sub.deadline_s <= now:
@@ -114,7 +143,7 @@ class Engine:
                 self.backend.stage(request.id, request.model, sub.inputs)
                 if request.deadline_s is not None:
                     heapq.heappush(self._deadlines, (request.deadline_s, request.id))
-                self.stats.queue_depth[request.model] = self.state.pending(request.model)
+                self.stats.set_queue_depth(request.model, self.state.pending(request.model))
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -127,11 +156,57 @@ class Engine:
 
     def _start(self, launch: Launch, now: float) -> None:
         self.state.start(launch, now)
+        if self.launch_timeout_s is not None:
+            heapq.heappush(self._timeouts, (now + self.launch_timeout_s, launch.request_id,
+                                            launch.slice_index))
         self.backend.launch(launch)
+
+    def _time_out(self, now: float) -> None:
+        """Answer requests whose launch overran the timeout; their streams stay held."""
+        while self._timeouts and self._timeouts[0][0] <= now:
+            entry = heapq.heappop(self._timeouts)
+            if self._ended(entry):
+                continue
+            _, rid, index = entry
+            launch = self.state.running[rid]
+            request = self.state.abandon(rid)
+            what = (f"slice {index} ran longer than the launch timeout of "
+                    f"{self.launch_timeout_s:g} s")
+            log.error("model %r: %s; stream %d is held until it ends", request.model, what,
+                      launch.stream)
+            self.stats.count(request.model, "failed")
+            self._answer(request, Result(request.model, request.reply_to, None, ServerError(
+                f"model {request.model!r} {what}"), None))
+            self._model_failed(request.model, what, now, timed_out=True)
+
+    def _ended(self, timeout: tuple[float, int, int]) -> bool:
+        launch = self.state.running.get(timeout[1])
+        return launch is None or launch.slice_index != timeout[2]
+
+    def _model_failed(self, model: str, error: str, now: float, timed_out: bool = False) -> None:
+        if self.health.failed(model, error, now, timed_out):
+            log.error("%s", self.health.describe(model))
+            self._fail_waiting(model, ModelUnavailable(self.health.describe(model)))
+
+    def _fail_waiting(self, model: str | None, error: RequestError) -> None:
+        """Fail the waiting (not running) requests of `model`, or of every model if None."""
+        waiting = self.state.waiting() if model is None else self.state.waiting_for(model)
+        for request in list(waiting):
+            self._fail(request, error, "failed")
 
     def _complete(self, completions: list[Completion]) -> None:
         now = self._clock() if completions else 0.0
         for c in completions:
+            if self.state.running.get(c.launch.request_id) != c.launch:
+                if self.state.unstick(c.launch):        # a launch that overran has ended
+                    log.warning("stream %d is free again: model %r slice %d ended %.1f s after "
+                                "it started", c.launch.stream, c.launch.model,
+                                c.launch.slice_index, c.finished_s - c.started_s)
+                    self.backend.release(c.launch.request_id)
+                else:
+                    log.error("ignoring a completion for a launch the engine did not start: %s",
+                              c.launch)
+                continue
             request = self.state.finish(c.launch, c.finished_s - c.started_s)
             more = request.next_slice < request.num_slices
             # The last slice counts when it finished; a request with slices left cannot meet a
@@ -142,6 +217,8 @@ class Engine:
                 self._fail(request, ServerError(
                     f"model {request.model!r} slice {c.launch.slice_index} failed: {c.error}"),
                     "failed")
+                self._model_failed(request.model, f"slice {c.launch.slice_index}: {c.error}",
+                                   now)
             elif late:
                 self._fail(request, DeadlineExceeded(
                     f"model {request.model!r}: deadline passed while running (slice "
@@ -155,6 +232,8 @@ class Engine:
                 timings = Timings((request.first_launch_s - request.arrival_s) * 1e3,
                                   request.device_s * 1e3, total_ms)
                 self.stats.completed(request.model, total_ms)
+                if self.health.succeeded(request.model):
+                    log.warning("model %r is healthy again", request.model)
                 self._answer(request, Result(request.model, request.reply_to, outputs, None,
                                              timings))
 
@@ -169,5 +248,5 @@ class Engine:
         self._answer(request, Result(request.model, request.reply_to, None, error, None))
 
     def _answer(self, request: Request, result: Result) -> None:
-        self.stats.queue_depth[request.model] = self.state.pending(request.model)
+        self.stats.set_queue_depth(request.model, self.state.pending(request.model))
         self._on_result(result)

@@ -77,6 +77,13 @@ class ShuttingDown(RequestError):
     code = "SHUTTING_DOWN"
 
 
+class ModelUnavailable(RequestError):
+    """The model is unhealthy (its launches keep failing or one hung): refused without running;
+    the server retries it with one probe request every `limits.unhealthy_retry_s`."""
+
+    code = "MODEL_UNAVAILABLE"
+
+
 class ServerError(RequestError):
     """The request was accepted but failed inside the server (a backend fault)."""
 
@@ -90,8 +97,8 @@ class ServerUnavailable(RequestError):
 
 
 _BY_CODE = {cls.code: cls for cls in (
-    UnknownModel, InvalidInput, MessageTooLarge, DeadlineExceeded, Overloaded, ShuttingDown, ServerError,
-    ServerUnavailable,
+    UnknownModel, InvalidInput, MessageTooLarge, DeadlineExceeded, Overloaded, ShuttingDown,
+    ModelUnavailable, ServerError, ServerUnavailable,
 )}
 
 

@@ -49,6 +49,7 @@ class Stats:
         self._lock = threading.Lock()
         self._models = {name: ModelStats(slo) for name, slo in slo_ms.items()}
         self.queue_depth = {name: 0 for name in slo_ms}
+        self.queue_peak = {name: 0 for name in slo_ms}   # most requests ever queued at once
         self.unknown_model = 0
         self.undecodable = 0
 
@@ -66,6 +67,11 @@ class Stats:
             counters = self._models[model]._c
             setattr(counters, outcome, getattr(counters, outcome) + 1)
 
+    def set_queue_depth(self, model: str, depth: int) -> None:
+        self.queue_depth[model] = depth
+        if depth > self.queue_peak[model]:
+            self.queue_peak[model] = depth
+
     def count_bad_request(self, unknown_model: bool) -> None:
         with self._lock:
             if unknown_model:
@@ -75,7 +81,8 @@ class Stats:
 
     def snapshot(self) -> dict:
         with self._lock:
-            models = {name: {**m.snapshot(), "queue_depth": self.queue_depth[name]}
+            models = {name: {**m.snapshot(), "queue_depth": self.queue_depth[name],
+                             "queue_peak": self.queue_peak[name]}
                       for name, m in self._models.items()}
             return {"models": models, "unknown_model": self.unknown_model,
                     "undecodable": self.undecodable}

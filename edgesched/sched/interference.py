@@ -95,8 +95,8 @@ class Interference:
                 continue
             if self._admits(running, r, now_s):
                 take(r, (high or normal).pop(0))
-        if len(state.high_priority_streams) >= state.num_streams:
-            normal += high              # one stream only: best effort may use it too
+        if state.only_high_priority_usable():
+            normal += high     # one stream only, or the others hung: best effort may use it
         if not normal or not best_effort:
             return Plan(tuple(launches), tuple(rejects))
         # Requests of one (model, slice) look the same to the predictor: score each such key

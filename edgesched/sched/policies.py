@@ -74,7 +74,7 @@ class PriorityStreams:
         if len(state.running) >= state.num_streams:
             return Plan()
         high = state.high_priority_streams
-        all_high = len(high) >= state.num_streams
+        all_high = state.only_high_priority_usable()
 
         def pick(request: Request, free: list[int]) -> int | None:
             if request.priority is Priority.REALTIME:

@@ -49,6 +49,10 @@ class SchedState:
     running: dict[int, Launch] = field(default_factory=dict)        # request id -> launch
     _ready: dict[str, list[Request]] = field(default_factory=dict)  # model -> by arrival
     _busy_streams: set[int] = field(default_factory=set)
+    # stream -> a launch that overran the launch timeout and has not ended: its request was
+    # answered and forgotten, but the stream (and the slice instance) stay busy until the
+    # backend reports the launch ended, because a hung slice still holds them.
+    stuck: dict[int, Launch] = field(default_factory=dict)
     _slice_load: dict[tuple[str, int], int] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)          # model -> admitted, unanswered
     # model -> (last arrival s, smoothed inter-arrival s, smoothed |deviation| s): lets a
@@ -63,6 +67,13 @@ class SchedState:
     # --- queries (policies use these) -----------------------------------------------------
     def free_streams(self) -> list[int]:
         return [s for s in range(self.num_streams) if s not in self._busy_streams]
+
+    def only_high_priority_usable(self) -> bool:
+        """No stream outside the high-priority set can run anything (there is none, or each
+        is held by a hung slice): then best-effort work may take a high-priority stream,
+        rather than starve."""
+        return all(s in self.high_priority_streams or s in self.stuck
+                   for s in range(self.num_streams))
 
     def waiting(self) -> Iterator[Request]:
         """Every waiting request, model by model, each model's in arrival order."""
@@ -131,6 +142,23 @@ class SchedState:
         request.device_s += run_s
         request.next_slice += 1
         return request
+
+    def abandon(self, request_id: int) -> Request:
+        """A running launch overran its timeout: forget its request, keep its stream busy."""
+        launch = self.running.pop(request_id)
+        request = self.requests.pop(request_id)
+        self._pending[request.model] -= 1
+        self.stuck[launch.stream] = launch
+        return request
+
+    def unstick(self, launch: Launch) -> bool:
+        """An abandoned launch ended after all: free its stream. False if it was not stuck."""
+        if self.stuck.get(launch.stream) != launch:
+            return False
+        del self.stuck[launch.stream]
+        self._busy_streams.discard(launch.stream)
+        self._slice_load[(launch.model, launch.slice_index)] -= 1
+        return True
 
     def requeue(self, request: Request) -> None:
         self._enqueue(request)

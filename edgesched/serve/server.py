@@ -20,6 +20,7 @@ from edgesched import __version__
 from edgesched.backends import Backend, create_backend
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
+from edgesched.health import Health
 from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput,
                               MessageTooLarge, RequestError, ServerError, ShuttingDown,
                               UnknownModel)
@@ -88,8 +89,11 @@ class Server:
         except BaseException:
             self.backend.close()
             raise
-        self.engine = Engine(self.backend, self.models, policy,
-                             queue_depth=config.limits.queue_depth, on_result=self._send_result)
+        limits = config.limits
+        self.engine = Engine(self.backend, self.models, policy, queue_depth=limits.queue_depth,
+                             on_result=self._send_result, launch_timeout_s=limits.launch_timeout_s,
+                             health=Health(self.models, limits.unhealthy_after,
+                                           limits.unhealthy_retry_s))
         self.stats = self.engine.stats
         self._max_bytes = config.limits.max_message_bytes
         self._ctx = zmq.Context()
@@ -187,10 +191,19 @@ class Server:
 
     # --- engine thread ------------------------------------------------------------------------
     def _run_engine(self) -> None:
+        wedged = False
         while not self._stop_engine.is_set():
             # systemd's watchdog ping comes from this loop (rate-limited inside), so an engine
-            # stuck in a step stops the pings and systemd restarts the service.
-            self.notifier.watchdog()
+            # stuck in a step stops the pings and systemd restarts the service. So does a device
+            # whose every stream is held by a hung slice: only a restart gets them back.
+            if self.engine.stuck_streams < self.backend.num_streams:
+                self.notifier.watchdog()
+                wedged = False
+            elif not wedged:
+                wedged = True
+                log.error("every stream is held by a hung slice; no more watchdog pings (under "
+                          "systemd the service will be restarted)")
+                self.notifier.status("wedged: every stream is held by a hung slice")
             try:
                 self.engine.step(0.05)
             except Exception:
@@ -312,9 +325,15 @@ class Server:
     def _answer_query(self, msg: wire.Message) -> list:
         header = {"id": msg.id}
         if msg.kind == wire.MODELS:
-            header["models"] = [m.to_wire() for m in self.models.values()]
+            health = self.engine.health.snapshot()
+            header["models"] = [{**m.to_wire(), "healthy": health[m.name]["healthy"]}
+                                for m in self.models.values()]
         elif msg.kind == wire.STATS:
-            header.update(self.stats.snapshot(), policy=self.engine.policy.name,
+            stats = self.stats.snapshot()
+            for name, health in self.engine.health.snapshot().items():
+                stats["models"][name]["health"] = health
+            header.update(stats, policy=self.engine.policy.name,
+                          stuck_streams=self.engine.stuck_streams,
                           backend=self.backend.name, streams=self.backend.num_streams,
                           undeliverable=self.undeliverable,
                           uptime_s=time.monotonic() - self._started_s)

@@ -16,7 +16,7 @@ import pytest
 
 from edgesched.engine import Engine, Result, Submission
 from edgesched.errors import (
-    DeadlineExceeded, Overloaded, RequestError, ServerError, ShuttingDown,
+    DeadlineExceeded, ModelUnavailable, Overloaded, RequestError, ServerError, ShuttingDown,
 )
 from edgesched.sched import make_policy
 from edgesched.types import ModelInfo, Priority
@@ -36,7 +36,7 @@ class Harness:
     """An Engine over a FakeBackend; reply_to is a tag per submission."""
 
     def __init__(self, models: list[ModelInfo], policy: str = "greedy", *, streams: int = 2,
-                 queue_depth: int = 64, **fake_kw):
+                 queue_depth: int = 64, engine_kw: dict | None = None, **fake_kw):
         self.models = {m.name: m for m in models}
         self.fake = FakeBackend(streams, models=self.models, **fake_kw)
         self.answers: dict[int, list[Answer]] = {}
@@ -45,7 +45,7 @@ class Harness:
         self._lock = threading.Lock()
         self.engine = Engine(self.fake, self.models, make_policy(policy),
                              queue_depth=queue_depth, on_result=self._on_result,
-                             clock=self.fake.clock)
+                             clock=self.fake.clock, **(engine_kw or {}))
 
     def _on_result(self, result: Result) -> None:
         with self._lock:
@@ -207,8 +207,12 @@ def test_mixed_run_answers_every_submission_exactly_once(policy):
             assert engine_id(tag) not in h.fake.staged
             counts["rejected"] += 1
         else:
-            assert isinstance(result.error, ServerError), repr(result.error)
+            # A failed launch, or refused unlaunched while three failures in a row have the
+            # model marked unhealthy.
+            assert isinstance(result.error, (ServerError, ModelUnavailable)), repr(result.error)
             assert sub.model == "flaky" and "injected fault" in str(result.error)
+            if isinstance(result.error, ModelUnavailable):
+                assert engine_id(tag) not in {r.launch.request_id for r in h.fake.runs}
             counts["failed"] += 1
     if policy == "fifo":
         assert h.fake.max_concurrent == 1

@@ -21,7 +21,7 @@ def test_fresh_stats_have_no_percentiles_and_no_attainment():
     assert snapshot["unknown_model"] == 0 and snapshot["undecodable"] == 0
     assert snap(s) == {"completed": 0, "failed": 0, "expired": 0, "rejected": 0, "invalid": 0,
                        "p50_ms": None, "p99_ms": None, "slo_ms": 50.0,
-                       "slo_attainment": None, "queue_depth": 0}
+                       "slo_attainment": None, "queue_depth": 0, "queue_peak": 0}
 
 
 def test_percentiles_of_completed_latencies():
@@ -119,8 +119,10 @@ def test_bad_request_counters():
 
 def test_queue_depth_is_reported_per_model():
     s = Stats({"a": 10.0, "b": 10.0})
-    s.queue_depth["a"] = 3
-    assert snap(s, "a")["queue_depth"] == 3 and snap(s, "b")["queue_depth"] == 0
+    s.set_queue_depth("a", 3)
+    s.set_queue_depth("a", 1)
+    assert snap(s, "a")["queue_depth"] == 1 and snap(s, "b")["queue_depth"] == 0
+    assert snap(s, "a")["queue_peak"] == 3 and snap(s, "b")["queue_peak"] == 0
 
 
 def test_snapshot_is_a_copy():

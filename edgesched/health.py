@@ -1,0 +1,85 @@
+"""Per-model health: a circuit breaker that keeps a failing model from taking device time.
+
+A model turns *unhealthy* after `unhealthy_after` consecutive failed launches, or at once when
+a launch hangs past the launch timeout (a wedged slice holds its stream; running the model
+again would lose another). While unhealthy its requests are refused with `ModelUnavailable`,
+except one probe request every `retry_s`, and none while one of its launches is still stuck.
+The first success makes it healthy again. Deadline misses and overload are not model faults
+and do not count. Written by the engine thread; `snapshot` may be read from any thread.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class _State:
+    healthy: bool = True
+    consecutive_failures: int = 0
+    failures: int = 0                  # since start
+    timeouts: int = 0                  # since start
+    last_error: str | None = None
+    unhealthy_since_s: float | None = None
+    next_probe_s: float = 0.0
+
+
+class Health:
+    def __init__(self, models, unhealthy_after: int, retry_s: float):
+        self._unhealthy_after = unhealthy_after
+        self._retry_s = retry_s
+        self._lock = threading.Lock()
+        self._models = {name: _State() for name in models}
+
+    def healthy(self, model: str) -> bool:
+        return self._models[model].healthy
+
+    def admit(self, model: str, now_s: float, stuck: bool) -> bool:
+        """May a new request of `model` run? Always for a healthy model; for an unhealthy one,
+        a probe at most every retry_s and never while a launch of it is stuck."""
+        s = self._models[model]
+        if s.healthy:
+            return True
+        if stuck or now_s < s.next_probe_s:
+            return False
+        with self._lock:
+            s.next_probe_s = now_s + self._retry_s
+        return True
+
+    def succeeded(self, model: str) -> bool:
+        """A request of `model` completed. True if that made it healthy again."""
+        s = self._models[model]
+        if s.healthy and not s.consecutive_failures:
+            return False
+        with self._lock:
+            recovered = not s.healthy
+            s.healthy, s.consecutive_failures, s.unhealthy_since_s = True, 0, None
+        return recovered
+
+    def failed(self, model: str, error: str, now_s: float, timed_out: bool = False) -> bool:
+        """A launch of `model` failed (or hung). True if that made the model unhealthy."""
+        s = self._models[model]
+        with self._lock:
+            s.consecutive_failures += 1
+            s.failures += 1
+            s.timeouts += timed_out
+            s.last_error = error
+            if not s.healthy:
+                s.next_probe_s = now_s + self._retry_s     # the probe failed: wait again
+                return False
+            if timed_out or s.consecutive_failures >= self._unhealthy_after:
+                s.healthy, s.unhealthy_since_s = False, now_s
+                s.next_probe_s = now_s + self._retry_s
+                return True
+        return False
+
+    def describe(self, model: str) -> str:
+        s = self._models[model]
+        return (f"model {model!r} is unhealthy after {s.consecutive_failures} failed launch(es)"
+                f" (last: {s.last_error}); retried every {self._retry_s:g} s")
+
+    def snapshot(self) -> dict[str, dict]:
+        with self._lock:
+            return {name: {"healthy": s.healthy, "consecutive_failures": s.consecutive_failures,
+                           "failures": s.failures, "timeouts": s.timeouts,
+                           "last_error": s.last_error} for name, s in self._models.items()}
