@@ -50,7 +50,7 @@ BIG_INPUT = ("x", (1, 1))
 BIG_OUTPUT = ("y", (2048, 4096))
 
 
-def _value(name: str, shape: tuple[int, ...]) -> onnx.ValueInfoProto:
+def _value(name: str, shape: tuple[int | str, ...]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
 
 
@@ -159,6 +159,14 @@ def build_big_output_model(path: Path) -> Path:
     nodes = [helper.make_node("Expand", [BIG_INPUT[0], "shape"], [BIG_OUTPUT[0]])]
     return _save(nodes, [_value(*BIG_INPUT)], [_value(*BIG_OUTPUT)],
                  {"shape": np.array(BIG_OUTPUT[1], np.int64)}, Path(path), "big")
+
+
+def build_fragile_model(path: Path) -> Path:
+    """x[n] -> Reshape to [2, 2]: right for n = 4, and for any other n a real ONNX Runtime error
+    at run time (the input passes the server's checks: n is a dynamic dimension)."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    return _save(nodes, [_value("x", ("n",))], [_value("y", (2, 2))],
+                 {"shape": np.array([2, 2], np.int64)}, Path(path), "fragile")
 
 
 def example_input(name: str, seed: int) -> dict[str, np.ndarray]:

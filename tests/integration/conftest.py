@@ -55,8 +55,8 @@ def example_entries() -> list[dict]:
 
 def make_config(endpoint: str, models: list[dict], *, streams: int = 2, queue_depth: int = 64,
                 max_message_bytes: int | None = None, drain_timeout_s: float = 10.0,
-                policy: str = "priority") -> Config:
-    limits: dict = {"queue_depth": queue_depth}
+                policy: str = "priority", limits_extra: dict | None = None) -> Config:
+    limits: dict = {"queue_depth": queue_depth, **(limits_extra or {})}
     if max_message_bytes is not None:
         limits["max_message_bytes"] = max_message_bytes
     data = {"device": {"backend": "onnxruntime", "streams": streams},

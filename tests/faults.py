@@ -1,0 +1,84 @@
+"""A fault hook around a real backend (tests import it as `tests.faults`).
+
+`FaultyBackend(inner, fault)` passes everything to `inner`, except that `fault(launch)` is
+asked about every launch first:
+  None     the launch runs normally on the inner backend;
+  "raise"  the slice fails at once with an error, as a crashed kernel or a runtime exception;
+  "hang"   the slice occupies its stream and does not end until `end_hangs()`, as a wedged
+           kernel; then it really runs on the inner backend and ends late.
+The engine cannot tell a hung launch from a slow one: that is what the launch timeout is for.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from edgesched.types import Completion, Launch
+
+
+class FaultyBackend:
+    def __init__(self, inner, fault: Callable[[Launch], str | None]):
+        self.inner, self.fault = inner, fault
+        self.name, self.num_streams = inner.name, inner.num_streams
+        self._failed: queue.SimpleQueue = queue.SimpleQueue()   # completions of "raise"
+        self._hung: list[Launch] = []
+        self._lock = threading.Lock()
+        self.injected: list[tuple[str, Launch]] = []
+
+    # --- the hook -------------------------------------------------------------------------
+    def launch(self, launch: Launch) -> None:
+        what = self.fault(launch)
+        if what is None:
+            return self.inner.launch(launch)
+        self.injected.append((what, launch))
+        if what == "raise":
+            now = time.monotonic()
+            self._failed.put(Completion(launch, now, now, "RuntimeError: injected fault"))
+            self.inner.wake()                  # a poll waiting in the inner backend returns
+        elif what == "hang":
+            with self._lock:
+                self._hung.append(launch)
+        else:
+            raise ValueError(f"unknown fault {what!r}")
+
+    def end_hangs(self) -> int:
+        """Let every hung launch run now (it ends late); returns how many there were."""
+        with self._lock:
+            hung, self._hung = self._hung, []
+        for launch in hung:
+            self.inner.launch(launch)
+        return len(hung)
+
+    def poll(self, timeout_s: float) -> list[Completion]:
+        failed = self._take_failed()
+        done = self.inner.poll(0.0 if failed else timeout_s)
+        return failed + done + self._take_failed()
+
+    def _take_failed(self) -> list[Completion]:
+        out = []
+        while True:
+            try:
+                out.append(self._failed.get_nowait())
+            except queue.Empty:
+                return out
+
+    # --- everything else goes straight through ----------------------------------------------
+    def load(self, model, path, instances):
+        return self.inner.load(model, path, instances)
+
+    def stage(self, request_id, model, inputs):
+        self.inner.stage(request_id, model, inputs)
+
+    def fetch(self, request_id):
+        return self.inner.fetch(request_id)
+
+    def release(self, request_id):
+        self.inner.release(request_id)
+
+    def wake(self):
+        self.inner.wake()
+
+    def close(self):
+        self.inner.close()
