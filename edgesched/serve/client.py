@@ -4,6 +4,11 @@
 so many threads share one Client with no extra thread hop on the request path. Pipelining:
 `submit()` sends and returns a `Pending`; `result()` collects it (on the same thread).
 Output arrays are read-only views of the received message (zero-copy): `.copy()` to modify.
+
+Restarts: ZeroMQ reconnects by itself, and requests sent while the server is down are
+delivered when it is back. A request in flight when the connection drops (the server was
+killed or restarted) cannot be answered: a socket monitor sees the disconnect and such
+requests end at once with `ServerUnavailable`; whether they ran is unknown.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Mapping
 import numpy as np
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from edgesched.config import default_endpoint
 from edgesched.errors import InvalidInput, ServerUnavailable, error_from_code
@@ -23,6 +29,15 @@ from edgesched.serve import wire
 from edgesched.types import Priority
 
 _ids = itertools.count(1)       # process-wide, so ids never repeat across sockets
+# Socket events that end the requests in flight (the server cannot answer them any more).
+_LOST = {zmq.EVENT_DISCONNECTED: "the connection to the server was lost (stopped, killed or "
+                                 "restarted) while the request was in flight",
+         zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused the connection (CURVE keys)",
+         zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the server refused the connection (protocol)",
+         zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the connection handshake with the server failed"}
+_MONITORED = 0
+for _event in _LOST:
+    _MONITORED |= _event
 
 
 def _infer_header(model: str, deadline_ms: float | None, priority) -> dict:
@@ -52,11 +67,72 @@ def _result(msg: wire.Message):
     return msg.header
 
 
-def _new_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def _new_socket(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """A DEALER connected to `endpoint`, and its monitor (attached first: no event missed)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(_MONITORED)
     sock.connect(endpoint)
-    return sock
+    return sock, monitor
+
+
+def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    sock.disable_monitor()
+    monitor.close(linger=0)
+    sock.close(linger=0)
+
+
+def _lost_reason(monitor) -> str | None:
+    """The reason in the first connection-ending event, if the monitor has any; drains it."""
+    reason = None
+    while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        event = parse_monitor_message(monitor.recv_multipart())["event"]
+        reason = reason or _LOST.get(event)
+    return reason
+
+
+class _Conn:
+    """One thread's connection: its DEALER, the DEALER's monitor, the ids it awaits replies to,
+    and replies (or errors) that arrived before their Pending was collected."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str):
+        self.sock, self.monitor = _new_socket(ctx, endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        self.waiting: set[int] = set()
+        self.stash: dict[int, object] = {}       # id -> Message, or the error to raise
+
+    def fail_waiting(self, reason: str) -> None:
+        for request_id in self.waiting:
+            self.stash[request_id] = ServerUnavailable(reason)
+        self.waiting.clear()
+
+    def check_monitor(self) -> None:
+        """Act on connection events. Replies that arrived before a disconnect are already in
+        the socket's queue: read them first, so only requests truly unanswered fail."""
+        if self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.read_replies()
+            reason = _lost_reason(self.monitor)
+            if reason is not None:
+                self.fail_waiting(reason)
+
+    def read_replies(self) -> None:
+        """Move every reply the socket holds now into the stash (never waits)."""
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = wire.decode_reply([f.buffer for f in frames])
+            except InvalidInput:
+                continue      # not a reply we can read: whoever waits for it times out
+            # None: an error about a request the server could not read. Unknown ids: a
+            # request already given up on (lost or timed out): dropped.
+            if msg.id in self.waiting:
+                self.waiting.discard(msg.id)
+                self.stash[msg.id] = msg
 
 
 class Pending:
@@ -83,7 +159,7 @@ class Client:
         self.timeout_s = timeout_s
         self._ctx = zmq.Context()
         self._tls = threading.local()
-        self._sockets: list[zmq.Socket] = []
+        self._conns: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -96,9 +172,9 @@ class Client:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for sock in self._sockets:
-                sock.close(linger=0)
-            self._sockets.clear()
+            for conn in self._conns:
+                _close_socket(conn.sock, conn.monitor)
+            self._conns.clear()
         self._ctx.term()
 
     # --- the API ------------------------------------------------------------------------------
@@ -124,60 +200,70 @@ class Client:
         return time.perf_counter() - start
 
     # --- per-thread socket --------------------------------------------------------------------
-    def _state(self):
-        tls = self._tls
-        if getattr(tls, "sock", None) is None:
+    def _conn(self) -> _Conn:
+        conn = getattr(self._tls, "conn", None)
+        if conn is None:
             with self._lock:
                 if self._closed:
                     raise ServerUnavailable("the client is closed")
-                tls.sock = _new_socket(self._ctx, self.endpoint)
-                self._sockets.append(tls.sock)
-            tls.stash = {}
-        return tls
+                conn = self._tls.conn = _Conn(self._ctx, self.endpoint)
+                self._conns.append(conn)
+        return conn
 
     def _send(self, kind: bytes, header: dict, tensors=None) -> Pending:
         request_id = next(_ids)
         frames = wire.encode(kind, {"id": request_id, **header}, tensors)
-        self._state().sock.send_multipart(frames, copy=False)
+        conn = self._conn()
+        # A disconnect that already happened must not be blamed on this request.
+        conn.check_monitor()
+        conn.sock.send_multipart(frames, copy=False)
+        conn.waiting.add(request_id)
         return Pending(self, request_id, self.timeout_s)
 
-    def _wait(self, request_id: int, give_up_s: float):
-        tls = self._state()
-        while request_id not in tls.stash:
+    def _wait(self, request_id: int, give_up_s: float) -> wire.Message:
+        conn = self._conn()
+        while request_id not in conn.stash:
             left_ms = (give_up_s - time.monotonic()) * 1e3
-            if left_ms <= 0 or not tls.sock.poll(max(int(left_ms), 1)):
-                if time.monotonic() >= give_up_s:
-                    self._reset(tls)
-                    raise ServerUnavailable(f"no reply from {self.endpoint} within "
-                                            f"{self.timeout_s:g} s")
-                continue
-            try:
-                msg = wire.decode_reply([f.buffer for f in tls.sock.recv_multipart(copy=False)])
-            except InvalidInput:
-                continue      # not a reply we can read: whoever waits for it times out
-            if msg.id is not None:    # None: an error about a request the server could not read
-                tls.stash[msg.id] = msg
-        return tls.stash.pop(request_id)
+            events = dict(conn.poller.poll(max(int(left_ms), 1))) if left_ms > 0 else {}
+            if conn.sock in events:
+                conn.read_replies()
+            if conn.monitor in events:
+                conn.check_monitor()
+            if not events and time.monotonic() >= give_up_s:
+                self._reset(conn)
+                raise ServerUnavailable(f"no reply from {self.endpoint} within "
+                                        f"{self.timeout_s:g} s")
+        item = conn.stash.pop(request_id)
+        if isinstance(item, ServerUnavailable):
+            raise ServerUnavailable(f"{self.endpoint}: {item}")
+        return item
 
-    def _reset(self, tls) -> None:
-        """Drop a socket that timed out: its queued requests and late replies go with it."""
+    def _reset(self, conn: _Conn) -> None:
+        """Drop a connection that timed out: its other requests can no longer be answered
+        (they end with ServerUnavailable when collected) and late replies go with it."""
+        conn.fail_waiting("the client gave up on the connection after another request timed "
+                          "out")
         with self._lock:
-            if tls.sock in self._sockets:
-                self._sockets.remove(tls.sock)
-        tls.sock.close(linger=0)
-        tls.sock = None
+            if conn in self._conns:
+                self._conns.remove(conn)
+        _close_socket(conn.sock, conn.monitor)
+        self._tls.conn = None
+        # Its errors stay collectable on this thread's next connection.
+        self._conn().stash.update(conn.stash)
 
 
 class AsyncClient:
-    """asyncio client: one DEALER, a reader task routes replies to futures by request id."""
+    """asyncio client: one DEALER, a reader task routes replies to futures by request id and
+    ends every waiting future with ServerUnavailable when the connection drops."""
 
     def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0):
         self.endpoint = endpoint or default_endpoint()
         self.timeout_s = timeout_s
         self._ctx = zmq.asyncio.Context()
-        self._sock = _new_socket(self._ctx, self.endpoint)
+        self._sock, self._monitor = _new_socket(self._ctx, self.endpoint)
         self._waiting: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -186,17 +272,21 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
+        for task in (self._reader, self._watcher):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._fail_waiting("the client was closed")
+        _close_socket(self._sock, self._monitor)
+        self._ctx.term()
+
+    def _fail_waiting(self, reason: str) -> None:
         for fut in self._waiting.values():
             if not fut.done():
-                fut.set_exception(ServerUnavailable("the client was closed"))
-        self._sock.close(linger=0)
-        self._ctx.term()
+                fut.set_exception(ServerUnavailable(f"{self.endpoint}: {reason}"))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
                     deadline_ms: float | None = None,
@@ -217,7 +307,9 @@ class AsyncClient:
 
     async def _call(self, kind: bytes, header: dict, tensors=None):
         if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+            loop = asyncio.get_running_loop()
+            self._reader = loop.create_task(self._read())
+            self._watcher = loop.create_task(self._watch())
         request_id = next(_ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
@@ -242,3 +334,12 @@ class AsyncClient:
             future = self._waiting.get(msg.id) if msg.id is not None else None
             if future is not None and not future.done():
                 future.set_result(msg)
+
+    async def _watch(self) -> None:
+        while True:
+            event = parse_monitor_message(await self._monitor.recv_multipart())["event"]
+            if event in _LOST:
+                # Replies that arrived before the disconnect: let the reader route them first.
+                while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    await asyncio.sleep(0)
+                self._fail_waiting(_LOST[event])
