@@ -13,7 +13,7 @@ from edgesched.backends import create_backend
 from edgesched.serve.server import Server
 from tests import models as test_models
 from tests.faults import FaultyBackend
-from tests.integration.conftest import CLIENT_TIMEOUT_S, example_entries, make_config
+from tests.integration.conftest import CLIENT_TIMEOUT_S, make_config
 from tests.models import example_input, slow_input
 
 pytest.importorskip("onnxruntime")
