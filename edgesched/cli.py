@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -80,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoint", type=_endpoint, default=None,
                         help=f"server endpoint (default {default_endpoint()})")
     status.add_argument("--timeout", type=_positive(float), default=3.0, metavar="S")
+    status.add_argument("--server-key", type=Path, default=None, metavar="FILE.key",
+                        help="CURVE: the server's public certificate")
+    status.add_argument("--client-key", type=Path, default=None, metavar="FILE.key_secret",
+                        help="CURVE: this client's secret certificate")
+
+    keys = sub.add_parser("keys", help="create a CURVE certificate pair (for tcp beyond "
+                                       "loopback)")
+    keys.add_argument("directory", type=Path, metavar="DIR")
+    keys.add_argument("--name", type=_key_name, default="edgesched",
+                      help="file stem: NAME.key (public) and NAME.key_secret")
 
     demo = sub.add_parser("demo", help="serve the example models under a mixed workload")
     demo.add_argument("--seconds", type=_positive(float), default=10.0)
@@ -176,7 +187,8 @@ def _serve(args) -> int:
 
 def _status(args) -> int:
     from edgesched.serve.client import Client
-    with Client(args.endpoint, timeout_s=args.timeout) as client:
+    with Client(args.endpoint, timeout_s=args.timeout, server_key=args.server_key,
+                client_key=args.client_key) as client:
         models, stats = client.models(), client.stats()
     print(f"{client.endpoint}: backend {stats['backend']}, policy {stats['policy']}, "
           f"{stats['streams']} streams, up {stats['uptime_s']:.0f} s")
@@ -282,12 +294,33 @@ def _predict(args) -> int:
     return 0
 
 
+def _key_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise argparse.ArgumentTypeError(f"expected a file stem of letters, digits, _ . -, got "
+                                         f"{value!r}")
+    return value
+
+
+def _keys(args) -> int:
+    from edgesched.serve.access import create_keys
+    for path in (args.directory / f"{args.name}.key", args.directory / f"{args.name}.key_secret"):
+        if path.exists():
+            raise ConfigError("keys", "--name", "a name not used in the directory yet",
+                              str(path))
+    try:
+        public, secret = create_keys(args.directory, args.name)
+    except OSError as e:
+        raise ConfigError("keys", "DIR", "a directory this user can write", str(e)) from None
+    print(f"wrote {public} (public: hand it out) and {secret} (secret: keep it private)")
+    return 0
+
+
 def _selftest(args) -> int:
     from edgesched.selftest import selftest
     return selftest(lambda line: print(line, flush=True))
 
 
-COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build}
+COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build, "keys": _keys}
 
 
 def main(argv: list[str] | None = None) -> int:

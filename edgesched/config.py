@@ -53,6 +53,9 @@ class DeviceConfig:
 class ServerConfig:
     endpoint: str = field(default_factory=default_endpoint)  # a zmq endpoint, never None
     drain_timeout_s: float = 10.0            # on SIGTERM: time to finish in-flight requests
+    socket_group: str | int | None = None    # ipc: the group whose members may connect
+    curve_secret_key: Path | None = None     # the server's CURVE certificate (.key_secret)
+    curve_authorized_keys: Path | None = None  # directory of accepted client public keys
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,49 @@ _Checks = Mapping[str, Callable[[Any], Any]]
 
 _DEVICE: _Checks = {"backend": _one_of(BackendName), "sim_device": _one_of(SIM_DEVICES),
                     "streams": _integer(1, 32), "cpu_threads_per_stream": _integer(1, 64)}
-_SERVER: _Checks = {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
-                    "drain_timeout_s": _positive}
+def _group(v: Any) -> str | int | None:
+    from edgesched.serve.access import group_id
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise _Invalid("a group name or number", v)
+    try:
+        group_id(v)
+    except KeyError:
+        raise _Invalid("a group that exists on this machine", v) from None
+    return v
+
+
+def _server_checks(base_dir: Path) -> _Checks:
+    def optional_path(v: Any) -> Path | None:
+        return None if v is None else _resolve(v, base_dir)
+    return {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
+            "drain_timeout_s": _positive, "socket_group": _group,
+            "curve_secret_key": optional_path, "curve_authorized_keys": optional_path}
+
+
+def _server(source: str, data: Any, base_dir: Path) -> ServerConfig:
+    """The server section; CURVE keys come as a loadable pair, and a bind beyond loopback
+    needs them."""
+    from edgesched.serve.access import CurveKeys, require_keys
+    server = ServerConfig(**_fields(source, "server", {} if data is None else data, ServerConfig,
+                                    _server_checks(base_dir)))
+    given = [k for k in ("curve_secret_key", "curve_authorized_keys") if getattr(server, k)]
+    if len(given) == 1:
+        missing = ({"curve_secret_key", "curve_authorized_keys"} - set(given)).pop()
+        raise ConfigError(source, f"server.{missing}", f"a path, as server.{given[0]} is set")
+    keys = None
+    if given:
+        try:
+            keys = CurveKeys(server.curve_secret_key, server.curve_authorized_keys)
+        except (OSError, ValueError) as e:
+            raise ConfigError(source, "server.curve_secret_key", "a CURVE certificate pair "
+                              "written by `edgesched keys`", _Text(str(e).splitlines()[0])) \
+                from None
+    require_keys(server.endpoint, keys, source, "server.endpoint")
+    return server
+
+
 def _tolerance(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 3.0:
         raise _Invalid("a slowdown factor from 1.0 to 3.0", v)
@@ -284,7 +328,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> Config:
 
     checks: _Checks = {
         "device": section("device", DeviceConfig, _DEVICE),
-        "server": section("server", ServerConfig, _SERVER),
+        "server": lambda v: _server(source, v, base_dir),
         "scheduler": section("scheduler", SchedulerConfig, _SCHEDULER),
         "limits": section("limits", LimitsConfig, _LIMITS),
         "profile": lambda v: None if v is None else _resolve(v, base_dir),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from typing import Mapping
@@ -24,8 +25,9 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from edgesched.config import default_endpoint
-from edgesched.errors import InvalidInput, ServerUnavailable, error_from_code
+from edgesched.errors import ConfigError, InvalidInput, ServerUnavailable, error_from_code
 from edgesched.serve import wire
+from edgesched.serve.access import apply_client_keys, load_client_keys
 from edgesched.types import Priority
 
 _ids = itertools.count(1)       # process-wide, so ids never repeat across sockets
@@ -67,10 +69,12 @@ def _result(msg: wire.Message):
     return msg.header
 
 
-def _new_socket(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
+def _new_socket(ctx: zmq.Context, endpoint: str,
+                keys: tuple[bytes, bytes, bytes] | None) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER connected to `endpoint`, and its monitor (attached first: no event missed)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    apply_client_keys(sock, keys)
     monitor = sock.get_monitor_socket(_MONITORED)
     sock.connect(endpoint)
     return sock, monitor
@@ -95,8 +99,8 @@ class _Conn:
     """One thread's connection: its DEALER, the DEALER's monitor, the ids it awaits replies to,
     and replies (or errors) that arrived before their Pending was collected."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str):
-        self.sock, self.monitor = _new_socket(ctx, endpoint)
+    def __init__(self, ctx: zmq.Context, endpoint: str, keys):
+        self.sock, self.monitor = _new_socket(ctx, endpoint, keys)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -153,10 +157,22 @@ class Pending:
         return _result(msg)
 
 
+def _keys(server_key, client_key) -> tuple[bytes, bytes, bytes] | None:
+    if (server_key is None) != (client_key is None):
+        raise ConfigError("client", "server_key/client_key", "both CURVE certificates or neither")
+    return None if server_key is None else load_client_keys(server_key, client_key)
+
+
 class Client:
-    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0):
+    """server_key / client_key: for a server that requires CURVE (a tcp bind beyond loopback):
+    the server's public certificate (.key) and this client's secret one (.key_secret)."""
+
+    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0, *,
+                 server_key: str | os.PathLike | None = None,
+                 client_key: str | os.PathLike | None = None):
         self.endpoint = endpoint or default_endpoint()
         self.timeout_s = timeout_s
+        self._keys = _keys(server_key, client_key)
         self._ctx = zmq.Context()
         self._tls = threading.local()
         self._conns: list[_Conn] = []
@@ -206,7 +222,7 @@ class Client:
             with self._lock:
                 if self._closed:
                     raise ServerUnavailable("the client is closed")
-                conn = self._tls.conn = _Conn(self._ctx, self.endpoint)
+                conn = self._tls.conn = _Conn(self._ctx, self.endpoint, self._keys)
                 self._conns.append(conn)
         return conn
 
@@ -256,11 +272,14 @@ class AsyncClient:
     """asyncio client: one DEALER, a reader task routes replies to futures by request id and
     ends every waiting future with ServerUnavailable when the connection drops."""
 
-    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0):
+    def __init__(self, endpoint: str | None = None, timeout_s: float = 10.0, *,
+                 server_key: str | os.PathLike | None = None,
+                 client_key: str | os.PathLike | None = None):
         self.endpoint = endpoint or default_endpoint()
         self.timeout_s = timeout_s
+        keys = _keys(server_key, client_key)
         self._ctx = zmq.asyncio.Context()
-        self._sock, self._monitor = _new_socket(self._ctx, self.endpoint)
+        self._sock, self._monitor = _new_socket(self._ctx, self.endpoint, keys)
         self._waiting: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None

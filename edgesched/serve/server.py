@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, Inv
                               UnknownModel)
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
-from edgesched.serve import wire
+from edgesched.serve import access, wire
 from edgesched.serve.systemd import Notifier
 from edgesched.types import ModelInfo, PolicyName, Priority
 
@@ -78,6 +79,13 @@ class Server:
         self._owns_notifier = notifier is None
         self.notifier = Notifier.from_env() if notifier is None else notifier
         self.endpoint = endpoint or config.server.endpoint
+        server = config.server
+        self._keys = None if server.curve_secret_key is None else access.CurveKeys(
+            server.curve_secret_key, server.curve_authorized_keys)
+        access.require_keys(self.endpoint, self._keys, config.source if endpoint is None
+                            else "--endpoint", "server.endpoint" if endpoint is None else "endpoint")
+        self._gid = None if server.socket_group is None else access.group_id(server.socket_group)
+        self._auth = None                        # the CURVE (ZAP) handler thread, if any
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
                                                  config.device.cpu_threads_per_stream,
                                                  config.device.sim_device)
@@ -179,13 +187,15 @@ class Server:
             self.notifier.close()
 
     def _prepare_ipc(self) -> None:
-        """Create the socket's directory; refuse to steal a live server's socket file."""
-        if not self.endpoint.startswith("ipc://"):
+        """Create (or check) the socket's directory; refuse to steal a live server's socket."""
+        path = access.ipc_path(self.endpoint)
+        if path is None:
             return
-        path = Path(self.endpoint[len("ipc://"):])
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.exists():
-            if _answers_ping(self._ctx, self.endpoint):
+        access.prepare_socket_dir(path, self._gid)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise EdgeschedError(f"{path} exists and is not a socket: refusing to replace it")
+            if _listening(path):
                 raise EdgeschedError(f"another server is already serving on {self.endpoint}")
             path.unlink()  # stale file from a killed server
 
@@ -244,13 +254,20 @@ class Server:
             # Hard cap per frame: larger frames are dropped by libzmq before we see them; below
             # it, oversize messages get a typed MessageTooLarge reply.
             router.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes + wire.MAX_HEADER_BYTES)
+            if self._keys is not None:
+                self._auth = self._keys.start(self._ctx, router)
             router.bind(self.endpoint)
+            path = access.ipc_path(self.endpoint)
+            if path is not None:
+                access.secure_socket(path, self._gid)
             pull.setsockopt(zmq.LINGER, 0)
             pull.bind(self._replies)
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, EdgeschedError) as e:
             router.close(linger=0)
             pull.close(linger=0)
-            self._io_error = EdgeschedError(f"cannot bind {self.endpoint}: {e}")
+            self._stop_auth()
+            self._io_error = e if isinstance(e, EdgeschedError) else EdgeschedError(
+                f"cannot bind {self.endpoint}: {e}")
             self._ready.set()
             return
         self._ready.set()
@@ -270,8 +287,14 @@ class Server:
             # replies to clients that are gone are dropped by libzmq, not waited for.
             router.close(linger=int(self.config.server.drain_timeout_s * 1000))
             pull.close(linger=0)
+            self._stop_auth()
             if self.endpoint.startswith("ipc://"):
                 Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     @staticmethod
     def _drain(sock: zmq.Socket, handler, router: zmq.Socket, limit: int | None = _BATCH) -> None:
@@ -399,15 +422,19 @@ def _peek_id(body: list) -> int | None:
         return None
 
 
-def _answers_ping(ctx: zmq.Context, endpoint: str, timeout_ms: int = 300) -> bool:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart([wire.PING, wire.pack_header({"id": 0})])
-        return bool(sock.poll(timeout_ms))
-    finally:
-        sock.close()
+def _listening(path: Path) -> bool:
+    """Does a process accept connections on this unix socket? (ECONNREFUSED: a stale file left
+    by a killed server.) Asks the kernel, not the protocol, so CURVE or a foreign program
+    listening there are seen too."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True         # not a socket we may use, or in use: do not take it over
+        return True
 
 
 __all__ = ["Server", "load_models"]

@@ -1,0 +1,153 @@
+"""Who may talk to the server: unix permissions for ipc://, CURVE keys for tcp:// beyond loopback.
+
+ipc: the socket file is made srw-rw---- and given `server.socket_group`; a directory the server
+creates for it is made rwxr-x--- with the same group. Group members may connect but not
+create or remove files there, so no client can unlink the socket and put its own in its
+place (with rwxrwx--- any of them could impersonate the server to the others). An existing
+directory is used as it is, but only if this user (or root) owns it and nobody else can
+replace files in it: a /tmp/edgesched-<uid> planted by another user is refused.
+
+tcp: a loopback host needs nothing more; any other bind (an address, `*`, an interface) is
+refused unless CURVE keys are configured: the server's secret certificate and a directory of
+client public certificates (zmq.auth's format, written by `edgesched keys`). A client whose
+key is not in that directory fails the handshake and never reaches the server.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import zmq
+
+from edgesched.errors import ConfigError, EdgeschedError
+
+SOCKET_MODE = 0o660
+DIR_MODE = 0o750
+_LOOPBACK_NAMES = {"localhost", "lo"}      # a host name, and the loopback interface
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for tcp://<loopback host>:port (and for every non-tcp endpoint: not a network)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False                           # `*`, a host name or an interface: a network
+
+
+def require_keys(endpoint: str, keys: "CurveKeys | None", source: str, key: str) -> None:
+    """ConfigError if `endpoint` reaches beyond this machine and no CURVE keys are set."""
+    if keys is None and not is_loopback(endpoint):
+        raise ConfigError(source, key, "a loopback tcp host (127.0.0.1, [::1], localhost), or "
+                          "server.curve_secret_key and server.curve_authorized_keys to bind "
+                          "beyond this machine", endpoint)
+
+
+def group_id(name: str | int) -> int:
+    """The gid of a group name or number; KeyError if this machine has no such group."""
+    import grp
+    if isinstance(name, int):
+        return grp.getgrgid(name).gr_gid
+    return grp.getgrnam(name).gr_gid
+
+
+def prepare_socket_dir(path: Path, gid: int | None) -> None:
+    """Create the socket's directory (rwxr-x---, group `gid`), or check an existing one."""
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, mode=DIR_MODE)
+    except FileExistsError:
+        info = directory.stat()
+        if info.st_uid not in (os.getuid(), 0):
+            raise EdgeschedError(f"socket directory {directory} belongs to uid {info.st_uid}, "
+                                 "not to this user: refusing to serve from a directory another "
+                                 "user controls") from None
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            raise EdgeschedError(f"socket directory {directory} is writable by every user "
+                                 "(and not sticky): anyone could replace the socket") from None
+        return
+    except OSError as e:
+        raise EdgeschedError(f"cannot create socket directory {directory}: {e.strerror}") \
+            from None
+    os.chmod(directory, DIR_MODE)             # mkdir's mode is masked by the umask
+    _give_group(directory, gid)
+
+
+def secure_socket(path: Path, gid: int | None) -> None:
+    """After bind: srw-rw---- and the configured group."""
+    os.chmod(path, SOCKET_MODE)
+    _give_group(path, gid)
+
+
+def _give_group(path: Path, gid: int | None) -> None:
+    if gid is None:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as e:
+        raise EdgeschedError(f"cannot give {path} to group {gid}: {e.strerror} (the server's "
+                             "user must be a member of server.socket_group)") from None
+
+
+class CurveKeys:
+    """A server's CURVE certificate and the client public keys it accepts."""
+
+    def __init__(self, secret_key: Path, authorized_keys: Path):
+        import zmq.auth
+        self.secret_key, self.authorized_keys = secret_key, authorized_keys
+        self.public, self.secret = zmq.auth.load_certificate(str(secret_key))
+        if self.secret is None:
+            raise ValueError(f"{secret_key} holds no secret key (a .key_secret file is needed)")
+        if not any(authorized_keys.glob("*.key")):
+            raise ValueError(f"{authorized_keys} holds no client public key (*.key)")
+
+    def start(self, ctx: zmq.Context, sock: zmq.Socket):
+        """Make `sock` a CURVE server checked by a ZAP handler thread (returned: stop it)."""
+        from zmq.auth.thread import ThreadAuthenticator
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        auth.configure_curve(domain="*", location=str(self.authorized_keys))
+        sock.curve_secretkey, sock.curve_publickey = self.secret, self.public
+        sock.curve_server = True
+        return auth
+
+
+def load_client_keys(server_key: str | os.PathLike,
+                     client_key: str | os.PathLike) -> tuple[bytes, bytes, bytes]:
+    """(server public, client public, client secret) from the server's public certificate and
+    this client's secret one; ConfigError, one line, if either cannot be read."""
+    import zmq.auth
+    try:
+        server_public, _ = zmq.auth.load_certificate(os.fspath(server_key))
+        public, secret = zmq.auth.load_certificate(os.fspath(client_key))
+    except (OSError, ValueError) as e:
+        raise ConfigError("client", "server_key/client_key", "readable CURVE certificates "
+                          "(edgesched keys)", str(e).splitlines()[0]) from None
+    if secret is None:
+        raise ConfigError("client", "client_key", "a .key_secret file", os.fspath(client_key))
+    return server_public, public, secret
+
+
+def apply_client_keys(sock: zmq.Socket, keys: tuple[bytes, bytes, bytes] | None) -> None:
+    """Make `sock` a CURVE client (before it connects); None: a plain socket."""
+    if keys is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = keys
+
+
+def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """`name`.key (public, to hand out) and `name`.key_secret (keep private) in `directory`."""
+    import zmq.auth
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    os.chmod(secret, 0o600)
+    return Path(public), Path(secret)
