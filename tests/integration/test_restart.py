@@ -109,3 +109,15 @@ def test_async_client_in_flight_requests_fail_fast_and_it_reconnects(server):
             np.testing.assert_array_equal(out["y"].shape, SLOW_OUTPUT[1])
     asyncio.run(asyncio.wait_for(scenario(), PATIENT_S / 2))
     assert server.stop() == 0
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_exits_0(server):
+    server.start()
+    with Client(server.endpoint, timeout_s=PATIENT_S) as client:
+        pending = [client.submit("slow", slow_input(i)) for i in range(10)]
+        client.ping()                        # all 10 accepted before the signal
+        server.proc.send_signal(signal.SIGTERM)
+        for p in pending:                    # drained within server.drain_timeout_s (10 s)
+            assert p.result()["y"].shape == SLOW_OUTPUT[1]
+    assert server.stop() == 0
+    assert not os.path.exists(server.endpoint[len("ipc://"):])
