@@ -413,6 +413,11 @@ class TensorRTBackend:
             thread.join(timeout=30.0)
         if self._ctx is None:
             return
+        if any(thread.is_alive() for thread in self._waiters):
+            # A slice is still running (it overran the launch timeout): freeing its memory
+            # would wait on the hung kernel. The process is exiting; the driver reclaims it.
+            log.error("a slice is still running on the GPU; leaving its memory to the driver")
+            return
         try:
             with self._current():
                 self._free_everything()
