@@ -40,6 +40,9 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     (["demo", "--policy", "fastest"], "--policy"),
     (["bench", "overhead", "--model", "nosuchmodel"], "nosuchmodel"),
     (["frobnicate"], "frobnicate"),
+    (["keys", "/tmp", "--name", "../evil"], "--name"),
+    (["status", "--server-key", "/nonexistent.key", "--client-key", "/nonexistent.key_secret"],
+     "server_key/client_key"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, words):
     line = one_line_error(run(*args))
