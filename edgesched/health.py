@@ -20,7 +20,6 @@ class _State:
     failures: int = 0                  # since start
     timeouts: int = 0                  # since start
     last_error: str | None = None
-    unhealthy_since_s: float | None = None
     next_probe_s: float = 0.0
 
 
@@ -30,9 +29,6 @@ class Health:
         self._retry_s = retry_s
         self._lock = threading.Lock()
         self._models = {name: _State() for name in models}
-
-    def healthy(self, model: str) -> bool:
-        return self._models[model].healthy
 
     def admit(self, model: str, now_s: float, stuck: bool) -> bool:
         """May a new request of `model` run? Always for a healthy model; for an unhealthy one,
@@ -53,7 +49,7 @@ class Health:
             return False
         with self._lock:
             recovered = not s.healthy
-            s.healthy, s.consecutive_failures, s.unhealthy_since_s = True, 0, None
+            s.healthy, s.consecutive_failures = True, 0
         return recovered
 
     def failed(self, model: str, error: str, now_s: float, timed_out: bool = False) -> bool:
@@ -68,7 +64,7 @@ class Health:
                 s.next_probe_s = now_s + self._retry_s     # the probe failed: wait again
                 return False
             if timed_out or s.consecutive_failures >= self._unhealthy_after:
-                s.healthy, s.unhealthy_since_s = False, now_s
+                s.healthy = False
                 s.next_probe_s = now_s + self._retry_s
                 return True
         return False

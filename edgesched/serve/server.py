@@ -21,10 +21,10 @@ from edgesched import __version__
 from edgesched.backends import Backend, create_backend
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
-from edgesched.health import Health
 from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput,
                               MessageTooLarge, RequestError, ServerError, ShuttingDown,
                               UnknownModel)
+from edgesched.health import Health
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
 from edgesched.serve import access, wire
@@ -288,8 +288,9 @@ class Server:
             router.close(linger=int(self.config.server.drain_timeout_s * 1000))
             pull.close(linger=0)
             self._stop_auth()
-            if self.endpoint.startswith("ipc://"):
-                Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+            path = access.ipc_path(self.endpoint)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
     def _stop_auth(self) -> None:
         if self._auth is not None:
