@@ -30,7 +30,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         "test": ["pytest>=7.4", "hypothesis>=6.80", "onnxruntime>=1.16"],
     },
-    entry_points={"console_scripts": ["edgesched=edgesched.cli:main"]},
+    entry_points={"console_scripts": ["edgesched=edgesched.commands.cli:main"]},
     data_files=[shared("configs", "*.yaml"), shared("engines/examples", "*.onnx"),
                 shared("engines/examples/convnet_sliced", "*")],
     classifiers=["Programming Language :: Python :: 3.10", "Operating System :: POSIX :: Linux"],

@@ -1,21 +1,47 @@
 """edgesched: several DNNs on one Jetson GPU, in one process, with predictable latency.
 
-`import edgesched` needs only numpy, pyyaml, pyzmq, msgpack and onnx; device libraries
-(tensorrt, pycuda, cuda-python, jtop, onnxruntime) are imported by the one module using each.
+`import edgesched` loads only the errors and plain types (and numpy); the client (pyzmq,
+msgpack) loads on first use of `edgesched.Client`, so `import edgesched.sched` stays pure.
+Device libraries (tensorrt, pycuda, cuda-python, jtop, onnxruntime) are imported by the one
+module using each.
 """
 __version__ = "0.1.0"
 
 from edgesched.errors import (  # noqa: E402  (the version must exist before submodules load)
-    ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput, MessageTooLarge,
-    ModelLoadError, ModelUnavailable, Overloaded, RequestError, ServerError, ServerUnavailable,
-    ShuttingDown, UnknownModel,
+    ConfigError,
+    DeadlineExceeded,
+    EdgeschedError,
+    InvalidInput,
+    MessageTooLarge,
+    ModelLoadError,
+    ModelUnavailable,
+    Overloaded,
+    RequestError,
+    ServerError,
+    ServerUnavailable,
+    ShuttingDown,
+    UnknownModel,
 )
-from edgesched.serve.client import AsyncClient, Client, Pending  # noqa: E402
-from edgesched.types import Priority  # noqa: E402
+from edgesched.types import Priority, Timings  # noqa: E402
 
 __all__ = [
-    "AsyncClient", "Client", "Pending", "Priority", "ConfigError", "DeadlineExceeded",
+    "AsyncClient", "Client", "Pending", "Priority", "Timings", "ConfigError", "DeadlineExceeded",
     "EdgeschedError", "InvalidInput", "MessageTooLarge", "ModelLoadError", "ModelUnavailable",
     "Overloaded", "RequestError", "ServerError", "ServerUnavailable", "ShuttingDown", "UnknownModel",
     "__version__",
 ]
+
+
+_CLIENT_NAMES = ("AsyncClient", "Client", "Pending")
+
+
+def __getattr__(name: str):
+    # PEP 562: `from edgesched import Client` imports the client only when asked for.
+    if name in _CLIENT_NAMES:
+        from edgesched.serve import client
+        return getattr(client, name)
+    raise AttributeError(f"module 'edgesched' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

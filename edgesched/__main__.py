@@ -1,5 +1,5 @@
 import sys
 
-from edgesched.cli import main
+from edgesched.commands.cli import main
 
 sys.exit(main())

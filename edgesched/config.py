@@ -17,10 +17,16 @@ from typing import Any
 
 import yaml
 
+from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpoint: re-exported)
+    SYSTEMD_ENDPOINT,
+    default_endpoint,
+    group_id,
+    read_server_keys,
+    require_keys,
+)
 from edgesched.errors import ConfigError
 from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource
 
-SYSTEMD_ENDPOINT = "ipc:///run/edgesched/edgesched.sock"
 SIM_DEVICES = ("orin-agx", "orin-nx", "orin-nano", "xavier-agx")
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -28,17 +34,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TCP = re.compile(r"(\[[^\]\s/]+\]|[^\s/:\[\]]+):([0-9]{1,5})")
 # sun_path is 108 bytes with the NUL; zmq would fail only at bind time, less clearly.
 _IPC_PATH_MAX_BYTES = 107
-
-
-def default_endpoint() -> str:
-    """The per-user ipc endpoint for `endpoint: null`; the server creates its directory.
-
-    XDG_RUNTIME_DIR is private to the user; /tmp serves sessions without one (plain ssh).
-    """
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
-    if os.path.isabs(runtime_dir):
-        return f"ipc://{runtime_dir.rstrip('/')}/edgesched/edgesched.sock"
-    return f"ipc:///tmp/edgesched-{os.getuid()}/edgesched.sock"
 
 
 @dataclass(frozen=True)
@@ -214,7 +209,6 @@ _Checks = Mapping[str, Callable[[Any], Any]]
 _DEVICE: _Checks = {"backend": _one_of(BackendName), "sim_device": _one_of(SIM_DEVICES),
                     "streams": _integer(1, 32), "cpu_threads_per_stream": _integer(1, 64)}
 def _group(v: Any) -> str | int | None:
-    from edgesched.serve.access import group_id
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (str, int)):
@@ -237,7 +231,6 @@ def _server_checks(base_dir: Path) -> _Checks:
 def _server(source: str, data: Any, base_dir: Path) -> ServerConfig:
     """The server section; CURVE keys come as a loadable pair, and a bind beyond loopback
     needs them."""
-    from edgesched.serve.access import CurveKeys, require_keys
     server = ServerConfig(**_fields(source, "server", {} if data is None else data, ServerConfig,
                                     _server_checks(base_dir)))
     given = [k for k in ("curve_secret_key", "curve_authorized_keys") if getattr(server, k)]
@@ -247,7 +240,7 @@ def _server(source: str, data: Any, base_dir: Path) -> ServerConfig:
     keys = None
     if given:
         try:
-            keys = CurveKeys(server.curve_secret_key, server.curve_authorized_keys)
+            keys = read_server_keys(server.curve_secret_key, server.curve_authorized_keys)
         except (OSError, ValueError) as e:
             raise ConfigError(source, "server.curve_secret_key", "a CURVE certificate pair "
                               "written by `edgesched keys`", _Text(str(e).splitlines()[0])) \

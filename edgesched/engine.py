@@ -17,8 +17,13 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgesched.backends.base import Backend
-from edgesched.errors import (DeadlineExceeded, ModelUnavailable, Overloaded, RequestError,
-                              ServerError)
+from edgesched.errors import (
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    RequestError,
+    ServerError,
+)
 from edgesched.health import Health
 from edgesched.sched import Policy, Request, SchedState
 from edgesched.stats import Stats

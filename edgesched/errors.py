@@ -37,6 +37,13 @@ class BackendUnavailable(EdgeschedError):
     code = "BACKEND_UNAVAILABLE"
 
 
+class TelemetryUnavailable(EdgeschedError):
+    """A telemetry source cannot be used here (library missing, service down, no device).
+    str(e) is one line saying what to do."""
+
+    code = "TELEMETRY_UNAVAILABLE"
+
+
 # --- request errors: the server replies with these; the client raises them ----------------
 
 class RequestError(EdgeschedError):

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     # The camera classifier also ships cut into slices, as `edgesched build` writes them, so
     # the default config and the demo schedule a multi-slice model out of the box.
     for filename, parts in SLICED.items():
-        from edgesched.slicing import slice_model
+        from edgesched.modelfiles.slicing import slice_model
         source = args.out / filename
         out = args.out / f"{source.stem}_sliced"
         manifest, plan = slice_model(source, parts, out, name=source.stem)

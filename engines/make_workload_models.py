@@ -289,7 +289,9 @@ MODELS = {
 
 
 def summary(filename: str, model: onnx.ModelProto, size_bytes: int) -> str:
-    from edgesched.costmodel import analyze  # the package is installed wherever this runs
+    from edgesched.modelfiles.costmodel import (
+        analyze,  # the package is installed wherever this runs
+    )
 
     report = analyze(model)
     weights = sum(n.weight_bytes for n in report.nodes)

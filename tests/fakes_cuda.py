@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgesched.backends import cuda_streams
+from edgesched.backends.tensorrt import cuda_streams
 
 SUCCESS, INVALID_VALUE, INVALID_CONTEXT, INVALID_HANDLE, NOT_READY = 0, 1, 201, 400, 600
 ERROR_NAMES = {SUCCESS: "CUDA_SUCCESS", INVALID_VALUE: "CUDA_ERROR_INVALID_VALUE",

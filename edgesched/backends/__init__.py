@@ -3,10 +3,12 @@ imported only inside its own module, and that module is imported only when chose
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
+from typing import Iterable, Protocol
 
 from edgesched.backends.base import Backend, LoadedModel
 from edgesched.errors import BackendUnavailable
-from edgesched.types import BackendName
+from edgesched.types import BackendName, ModelInfo, Priority
 
 
 def resolve_backend_name(name: BackendName) -> BackendName:
@@ -21,7 +23,7 @@ def resolve_backend_name(name: BackendName) -> BackendName:
 def _tensorrt_runtime_ready() -> bool:
     """Serving on TensorRT needs our runtime backend and pycuda beside tensorrt (a Jetson
     with JetPack's tensorrt but no pycuda yet serves on ONNX Runtime rather than failing)."""
-    from edgesched.backends import tensorrt    # imports tensorrt itself only when used
+    from edgesched.backends import tensorrt  # imports tensorrt itself only when used
     return hasattr(tensorrt, "TensorRTBackend") and \
         importlib.util.find_spec("pycuda") is not None
 
@@ -42,4 +44,25 @@ def create_backend(name: BackendName, streams: int, cpu_threads_per_stream: int 
                              "use backend: onnxruntime")
 
 
-__all__ = ["Backend", "LoadedModel", "create_backend", "resolve_backend_name"]
+class ModelEntry(Protocol):
+    """What loading needs of a model entry: a config file's or a workload file's."""
+
+    name: str
+    path: Path
+    slo_ms: float
+    priority: Priority
+    instances: int
+
+
+def load_models(backend: Backend, entries: Iterable[ModelEntry]) -> dict[str, ModelInfo]:
+    """Load each entry on `backend` (ModelLoadError names the file); name -> ModelInfo."""
+    models = {}
+    for m in entries:
+        loaded = backend.load(m.name, m.path, m.instances)
+        models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
+                                   m.slo_ms, m.priority, m.instances, str(m.path))
+    return models
+
+
+__all__ = ["Backend", "LoadedModel", "ModelEntry", "create_backend", "load_models",
+           "resolve_backend_name"]

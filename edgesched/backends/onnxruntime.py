@@ -5,14 +5,14 @@ concurrently on separate cores. One session per (model, slice), shared by all st
 (ONNX Runtime sessions are safe to run from several threads at once).
 
 Calibration hooks (the same ones the simulated and TensorRT backends offer, so
-`edgesched.profiling` runs unchanged here):
+`edgesched.commands.measure` runs unchanged here):
 - `launch_probe(sm, mem, seconds)` / `stop_probe(key)`: CPU probes from cpu_probes.py, a
   compute probe on `sm` of the cores and a DRAM-streaming probe on `mem` of them. They run in
   their own threads on their own arrays and never touch request state or the stream workers.
 - `telemetry()`: (CPU busy fraction of all cores, memory bandwidth fraction) since the last
   call. The busy fraction comes from /proc/stat (system-wide, like a Jetson's GPU load)
   when the window spans enough clock ticks (10 ms each) to resolve it, else from this
-  process's own CPU time (cpu_probes.BusyWindow).
+  process's own CPU time (procstat.BusyWindow).
   The bandwidth fraction is NOT a hardware reading: without perf/uncore counters a CPU does
   not say how many bytes went to DRAM. It is the traffic this backend's own memory probes
   streamed in the window (which it counts exactly) over the peak streaming bandwidth its
@@ -39,7 +39,8 @@ import numpy as np
 from edgesched.backends import cpu_probes
 from edgesched.backends.base import WAKE, LoadedModel, drain
 from edgesched.errors import BackendUnavailable, ModelLoadError
-from edgesched.manifest import MANIFEST_NAME, read_manifest
+from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
+from edgesched.telemetry import procstat
 from edgesched.types import Completion, Launch, TensorSpec
 
 # ONNX Runtime's type strings -> numpy dtype names (the tensor element types we serve).
@@ -115,7 +116,7 @@ class OnnxRuntimeBackend:
         self._probe_lock = threading.Lock()
         self._retired_probe_bytes = 0          # bytes moved by probes already stopped
         self._peak_stream_gbs: float | None = None
-        self._busy = cpu_probes.BusyWindow(root)
+        self._busy = procstat.BusyWindow(root)
         self._window_bytes = 0
         self._window_s = time.monotonic()
 

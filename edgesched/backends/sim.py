@@ -23,9 +23,15 @@ import numpy as np
 import onnx
 
 from edgesched.backends.base import LoadedModel
-from edgesched.backends.sim_device import SPECS, DeviceSpec, SliceWork, slice_work, work_from_demand
+from edgesched.backends.sim_device import (
+    SPECS,
+    DeviceSpec,
+    SliceWork,
+    slice_work,
+    work_from_demand,
+)
 from edgesched.errors import ModelLoadError
-from edgesched.manifest import MANIFEST_NAME, read_manifest
+from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
 from edgesched.types import Completion, Launch, TensorSpec
 
 HIGH_PRIORITY_STREAM = 0

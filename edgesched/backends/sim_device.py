@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgesched.costmodel import analyze
+from edgesched.modelfiles.costmodel import analyze
 
 # Ops that TensorRT fuses into the producing kernel's epilogue (pointwise on its output).
 FUSED = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",

@@ -14,51 +14,17 @@ key is not in that directory fails the handshake and never reaches the server.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 from pathlib import Path
 
 import zmq
 
+from edgesched.endpoints import read_server_keys
 from edgesched.errors import ConfigError, EdgeschedError
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
-_LOOPBACK_NAMES = {"localhost", "lo"}      # a host name, and the loopback interface
-
-
-def ipc_path(endpoint: str) -> Path | None:
-    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for tcp://<loopback host>:port (and for every non-tcp endpoint: not a network)."""
-    if not endpoint.startswith("tcp://"):
-        return True
-    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False                           # `*`, a host name or an interface: a network
-
-
-def require_keys(endpoint: str, keys: "CurveKeys | None", source: str, key: str) -> None:
-    """ConfigError if `endpoint` reaches beyond this machine and no CURVE keys are set."""
-    if keys is None and not is_loopback(endpoint):
-        raise ConfigError(source, key, "a loopback tcp host (127.0.0.1, [::1], localhost), or "
-                          "server.curve_secret_key and server.curve_authorized_keys to bind "
-                          "beyond this machine", endpoint)
-
-
-def group_id(name: str | int) -> int:
-    """The gid of a group name or number; KeyError if this machine has no such group."""
-    import grp
-    if isinstance(name, int):
-        return grp.getgrgid(name).gr_gid
-    return grp.getgrnam(name).gr_gid
 
 
 def prepare_socket_dir(path: Path, gid: int | None) -> None:
@@ -103,13 +69,8 @@ class CurveKeys:
     """A server's CURVE certificate and the client public keys it accepts."""
 
     def __init__(self, secret_key: Path, authorized_keys: Path):
-        import zmq.auth
         self.secret_key, self.authorized_keys = secret_key, authorized_keys
-        self.public, self.secret = zmq.auth.load_certificate(str(secret_key))
-        if self.secret is None:
-            raise ValueError(f"{secret_key} holds no secret key (a .key_secret file is needed)")
-        if not any(authorized_keys.glob("*.key")):
-            raise ValueError(f"{authorized_keys} holds no client public key (*.key)")
+        self.public, self.secret = read_server_keys(secret_key, authorized_keys)
 
     def start(self, ctx: zmq.Context, sock: zmq.Socket):
         """Make `sock` a CURVE server checked by a ZAP handler thread (returned: stop it)."""

@@ -24,8 +24,13 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from edgesched.config import default_endpoint
-from edgesched.errors import ConfigError, InvalidInput, ServerUnavailable, error_from_code
+from edgesched.endpoints import default_endpoint
+from edgesched.errors import (
+    ConfigError,
+    InvalidInput,
+    ServerUnavailable,
+    error_from_code,
+)
 from edgesched.serve import wire
 from edgesched.serve.access import apply_client_keys, load_client_keys
 from edgesched.types import Priority

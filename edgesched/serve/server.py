@@ -17,56 +17,30 @@ from pathlib import Path
 
 import zmq
 
-from edgesched import __version__
-from edgesched.backends import Backend, create_backend
+from edgesched import __version__, endpoints
+from edgesched.backends import Backend, create_backend, load_models
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
-from edgesched.errors import (ConfigError, DeadlineExceeded, EdgeschedError, InvalidInput,
-                              MessageTooLarge, RequestError, ServerError, ShuttingDown,
-                              UnknownModel)
+from edgesched.errors import (
+    DeadlineExceeded,
+    EdgeschedError,
+    InvalidInput,
+    MessageTooLarge,
+    RequestError,
+    ServerError,
+    ShuttingDown,
+    UnknownModel,
+)
 from edgesched.health import Health
+from edgesched.profiles import choose_profile
 from edgesched.sched import make_policy
-from edgesched.sched.profile import Profile
 from edgesched.serve import access, wire
 from edgesched.serve.systemd import Notifier
-from edgesched.types import ModelInfo, PolicyName, Priority
+from edgesched.types import ModelInfo, Priority
 
 log = logging.getLogger("edgesched.server")
 _BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
 _STOP_IO = b"edgesched-stop-io"   # sent after the last reply: the IO thread may exit once read
-
-
-def load_models(backend: Backend, config: Config) -> dict[str, ModelInfo]:
-    models = {}
-    for m in config.models:
-        loaded = backend.load(m.name, m.path, m.instances)
-        models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
-                                   m.slo_ms, m.priority, m.instances, str(m.path))
-    return models
-
-
-def load_profile(config: Config, force: bool = False) -> Profile | None:
-    """The configured profile. None configured, missing, or measured on another device or
-    power mode (unless `force`): reported, and the scheduler runs on cost-model estimates.
-    Unreadable: start-up stops with one line. Only `interference` reads a profile."""
-    if config.scheduler.policy is not PolicyName.INTERFERENCE:
-        return None
-    from edgesched.calibrate import current_conditions, estimate_profile, mismatch
-    if config.profile is None or not config.profile.is_file():
-        log.warning("no profile%s (run `edgesched calibrate`); scheduling with cost-model "
-                    "estimates", f" at {config.profile}" if config.profile else "")
-        return estimate_profile(config)
-    try:
-        profile = Profile.load(config.profile)
-    except (ValueError, OSError) as e:
-        raise ConfigError(config.source, "profile", "a profile written by edgesched "
-                          f"({config.profile}: {str(e).splitlines()[0]})") from None
-    reason = mismatch(profile, current_conditions(config))
-    if reason and not force:
-        log.warning("ignoring profile %s: %s (recalibrate, or serve --force-profile); "
-                    "scheduling with cost-model estimates", config.profile, reason)
-        return estimate_profile(config)
-    return profile
 
 
 class Server:
@@ -82,17 +56,17 @@ class Server:
         server = config.server
         self._keys = None if server.curve_secret_key is None else access.CurveKeys(
             server.curve_secret_key, server.curve_authorized_keys)
-        access.require_keys(self.endpoint, self._keys, config.source if endpoint is None
+        endpoints.require_keys(self.endpoint, self._keys, config.source if endpoint is None
                             else "--endpoint", "server.endpoint" if endpoint is None else "endpoint")
-        self._gid = None if server.socket_group is None else access.group_id(server.socket_group)
+        self._gid = None if server.socket_group is None else endpoints.group_id(server.socket_group)
         self._auth = None                        # the CURVE (ZAP) handler thread, if any
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
                                                  config.device.cpu_threads_per_stream,
                                                  config.device.sim_device)
         try:
-            self.models = load_models(self.backend, config)
+            self.models = load_models(self.backend, config.models)
             policy = make_policy(config.scheduler.policy.value, config.source,
-                                 profile=load_profile(config, force_profile),
+                                 profile=choose_profile(config, force_profile),
                                  **config.scheduler.policy_options())
         except BaseException:
             self.backend.close()
@@ -188,7 +162,7 @@ class Server:
 
     def _prepare_ipc(self) -> None:
         """Create (or check) the socket's directory; refuse to steal a live server's socket."""
-        path = access.ipc_path(self.endpoint)
+        path = endpoints.ipc_path(self.endpoint)
         if path is None:
             return
         access.prepare_socket_dir(path, self._gid)
@@ -257,7 +231,7 @@ class Server:
             if self._keys is not None:
                 self._auth = self._keys.start(self._ctx, router)
             router.bind(self.endpoint)
-            path = access.ipc_path(self.endpoint)
+            path = endpoints.ipc_path(self.endpoint)
             if path is not None:
                 access.secure_socket(path, self._gid)
             pull.setsockopt(zmq.LINGER, 0)
@@ -288,7 +262,7 @@ class Server:
             router.close(linger=int(self.config.server.drain_timeout_s * 1000))
             pull.close(linger=0)
             self._stop_auth()
-            path = access.ipc_path(self.endpoint)
+            path = endpoints.ipc_path(self.endpoint)
             if path is not None:
                 path.unlink(missing_ok=True)
 
@@ -438,4 +412,4 @@ def _listening(path: Path) -> bool:
         return True
 
 
-__all__ = ["Server", "load_models"]
+__all__ = ["Server"]

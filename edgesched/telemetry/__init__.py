@@ -1,4 +1,5 @@
-"""Device telemetry: readers (jtop, sysfs, tegrastats, NVML) -> TelemetrySample, and a Sampler.
+"""Device telemetry: readers (jtop, sysfs, tegrastats, NVML) -> TelemetrySample, a Sampler,
+and the /proc/stat CPU reader (procstat.py).
 
 `open_reader(config.telemetry)` picks the source. jtop.py and nvml.py import their libraries
 inside the reader constructors, so importing this package needs neither.
@@ -10,20 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgesched.errors import EdgeschedError
+from edgesched.errors import TelemetryUnavailable
+from edgesched.telemetry.sample import Reader, TelemetrySample
+from edgesched.telemetry.sampler import Sampler
 from edgesched.types import TelemetrySource
-
-
-class TelemetryUnavailable(EdgeschedError):
-    """A telemetry source cannot be used here (library missing, service down, no device).
-    str(e) is one line saying what to do."""
-
-    code = "TELEMETRY_UNAVAILABLE"
-
-
-# Submodules import TelemetryUnavailable from here, so it exists before they load.
-from edgesched.telemetry.sample import Reader, TelemetrySample  # noqa: E402
-from edgesched.telemetry.sampler import Sampler  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import math
 import time
 from typing import Any
 
-from edgesched.telemetry import TelemetryUnavailable
+from edgesched.errors import TelemetryUnavailable
 from edgesched.telemetry.sample import TelemetrySample, normalize_sensor
 
 SENSOR_OFF_C = -100.0
@@ -65,7 +65,7 @@ class JtopReader:
 
     def __init__(self, interval_s: float = 0.1):
         try:
-            import jtop as jtop_module   # jetson-stats; heavy and Jetson-only, so imported here
+            import jtop as jtop_module  # jetson-stats; heavy and Jetson-only, so imported here
         except ImportError:
             raise TelemetryUnavailable("jtop is not installed (pip install jetson-stats, "
                                        "then start jtop.service)") from None

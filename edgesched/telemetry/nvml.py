@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from edgesched.telemetry import TelemetryUnavailable
+from edgesched.errors import TelemetryUnavailable
 from edgesched.telemetry.sample import TelemetrySample
 
 # NVML's enum values, used when the module lacks the named constants.
@@ -30,7 +30,7 @@ class NvmlReader:
 
     def __init__(self, index: int = 0):
         try:
-            import pynvml   # nvidia-ml-py; needs the NVIDIA driver's libnvidia-ml at init
+            import pynvml  # nvidia-ml-py; needs the NVIDIA driver's libnvidia-ml at init
         except ImportError:
             raise TelemetryUnavailable(
                 "pynvml is not installed (pip install nvidia-ml-py)") from None

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Sequence
 
-from edgesched.telemetry import TelemetryUnavailable
+from edgesched.errors import TelemetryUnavailable
 from edgesched.telemetry.sample import TelemetrySample, normalize_sensor, total_power_mw
 
 DEFAULT_COMMAND = ("tegrastats", "--interval", "100")

@@ -28,7 +28,7 @@ def _cuda_device() -> bool:
 pytestmark = pytest.mark.skipif(not _cuda_device(), reason="no CUDA device")
 
 from edgesched.backends.tensorrt import TensorRTBackend  # noqa: E402
-from edgesched.build import build  # noqa: E402
+from edgesched.commands.build import build  # noqa: E402
 from edgesched.engine import Engine, Submission  # noqa: E402
 from edgesched.errors import ModelLoadError  # noqa: E402
 from edgesched.sched import make_policy  # noqa: E402

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgesched import Client, ConfigError, EdgeschedError, ServerUnavailable, UnknownModel
+from edgesched import (
+    Client,
+    ConfigError,
+    EdgeschedError,
+    ServerUnavailable,
+    UnknownModel,
+    endpoints,
+)
 from edgesched.config import parse_config
 from edgesched.serve import access
 from edgesched.serve.server import Server
@@ -103,7 +110,7 @@ def test_a_bind_beyond_loopback_without_keys_is_refused(endpoint):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::1]", "localhost"])
 def test_loopback_needs_no_keys(host):
-    assert access.is_loopback(f"tcp://{host}:7000")
+    assert endpoints.is_loopback(f"tcp://{host}:7000")
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,19 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from edgesched import (AsyncClient, Client, DeadlineExceeded, InvalidInput,  # noqa: E402
-                       MessageTooLarge, Overloaded, ServerUnavailable, UnknownModel)
+from edgesched import (  # noqa: E402
+    AsyncClient,
+    Client,
+    DeadlineExceeded,
+    InvalidInput,
+    MessageTooLarge,
+    Overloaded,
+    ServerUnavailable,
+    UnknownModel,
+)
 from edgesched.errors import RequestError, error_from_code  # noqa: E402
 from edgesched.serve import wire  # noqa: E402
-from tests.models import (EXAMPLES, SLOW_INPUT, example_input, pair_input,  # noqa: E402
-                          slow_input)
+from tests.models import EXAMPLES, SLOW_INPUT, example_input, pair_input, slow_input  # noqa: E402
 
 HANG_S = 20.0                # hang protection only
 

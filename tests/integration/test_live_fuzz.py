@@ -29,11 +29,22 @@ pytest.importorskip("onnxruntime")
 from edgesched import Client  # noqa: E402
 from edgesched.errors import InvalidInput  # noqa: E402
 from edgesched.serve import wire  # noqa: E402
-from tests.models import EXAMPLES  # noqa: E402
 from tests.fuzz_messages import (  # noqa: E402
-    BAD_REQUEST, GONE, HANG_S, INPUTS, MAX_BYTES, MODELS, OUTCOMES, REPLY_CODES, _greeting, attributed, mutate,
-    raw_connect, raw_payload,
+    BAD_REQUEST,
+    GONE,
+    HANG_S,
+    INPUTS,
+    MAX_BYTES,
+    MODELS,
+    OUTCOMES,
+    REPLY_CODES,
+    _greeting,
+    attributed,
+    mutate,
+    raw_connect,
+    raw_payload,
 )
+from tests.models import EXAMPLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("EDGESCHED_FUZZ_SEED", "20240607"))

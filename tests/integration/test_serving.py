@@ -15,13 +15,27 @@ import zmq
 pytest.importorskip("onnxruntime")
 
 import edgesched  # noqa: E402
-from edgesched import (AsyncClient, Client, EdgeschedError, ServerUnavailable,  # noqa: E402
-                       ShuttingDown)
+from edgesched import (  # noqa: E402
+    AsyncClient,
+    Client,
+    EdgeschedError,
+    ServerUnavailable,
+    ShuttingDown,
+)
 from edgesched.serve import wire  # noqa: E402
 from edgesched.serve.server import Server  # noqa: E402
-from tests.models import (BIG_OUTPUT, EXAMPLE_MODELS, EXAMPLES, SKIP_INPUT,  # noqa: E402
-                          SKIP_OUTPUT, SLOW_OUTPUT, example_input, pair_input, skip_input,
-                          slow_input)
+from tests.models import (  # noqa: E402
+    BIG_OUTPUT,
+    EXAMPLE_MODELS,
+    EXAMPLES,
+    SKIP_INPUT,
+    SKIP_OUTPUT,
+    SLOW_OUTPUT,
+    example_input,
+    pair_input,
+    skip_input,
+    slow_input,
+)
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 STOP_JOIN_S = 30.0           # hang protection for a stopping server

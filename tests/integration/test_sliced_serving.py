@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from edgesched import Client  # noqa: E402
-from edgesched.manifest import read_manifest  # noqa: E402
-from edgesched.slicing import slice_model  # noqa: E402
+from edgesched.modelfiles.manifest import read_manifest  # noqa: E402
+from edgesched.modelfiles.slicing import slice_model  # noqa: E402
 from tests import graphs  # noqa: E402
 from tests.integration.conftest import CLIENT_TIMEOUT_S, serving  # noqa: E402
 from tests.models import EXAMPLES, example_input  # noqa: E402

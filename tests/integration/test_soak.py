@@ -19,10 +19,10 @@ import zmq
 
 pytest.importorskip("onnxruntime")
 
+from edgesched.commands.soak import load as soak_load  # noqa: E402
+from edgesched.commands.soak import soak  # noqa: E402
+from edgesched.commands.soak.server import sample_process  # noqa: E402
 from edgesched.serve import wire  # noqa: E402
-from edgesched.soak import load as soak_load  # noqa: E402
-from edgesched.soak import soak  # noqa: E402
-from edgesched.soak.server import sample_process  # noqa: E402
 from tests.integration.conftest import example_entries, serving  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

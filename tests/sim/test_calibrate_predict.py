@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from edgesched.calibrate import calibrate, mismatch, report
+from edgesched.commands.calibrate import calibrate, report
+from edgesched.commands.predict import parse_spec, predict
+from edgesched.commands.simulate import _prepare, run_policy
+from edgesched.commands.workload import load_workload
 from edgesched.config import parse_config
 from edgesched.errors import ConfigError
-from edgesched.predict import parse_spec, predict
+from edgesched.modelfiles.slicing import slice_model
+from edgesched.profiles import mismatch
 from edgesched.sched.profile import Profile
 from edgesched.serve.server import Server
-from edgesched.simulate import _prepare, run_policy
-from edgesched.slicing import slice_model
-from edgesched.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD = ROOT / "configs" / "workloads" / "complementary.yaml"
@@ -152,6 +153,6 @@ def test_calibrate_and_predict_from_the_command_line(tmp_path):
 
 def test_the_png_report_is_written_where_matplotlib_is_installed(calibrated, tmp_path):
     pytest.importorskip("matplotlib")
-    from edgesched.calibrate import plot
+    from edgesched.commands.calibrate import plot
     assert plot(calibrated[3], tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

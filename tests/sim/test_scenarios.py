@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import edgesched.simulate as simulate_module
+import edgesched.commands.simulate as simulate_module
 from edgesched.backends.sim import SimBackend
-from edgesched.simulate import format_report, simulate
+from edgesched.commands.simulate import format_report, simulate
+from edgesched.commands.workload import Workload, load_workload
 from edgesched.types import Priority
-from edgesched.workload import Workload, load_workload
 
 WORKLOADS = Path(__file__).resolve().parents[2] / "configs" / "workloads"
 DURATION_S = 2.0

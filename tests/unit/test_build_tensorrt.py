@@ -20,11 +20,11 @@ import onnx
 import pytest
 from onnx import helper
 
-from edgesched import cli
 from edgesched.backends import tensorrt as trt_backend
 from edgesched.backends.tensorrt import BuildOptions, EngineBuildError, build_engine
-from edgesched.build import build
-from edgesched.manifest import read_manifest
+from edgesched.commands import cli
+from edgesched.commands.build import build
+from edgesched.modelfiles.manifest import read_manifest
 from tests import graphs
 
 

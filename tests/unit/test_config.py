@@ -9,8 +9,17 @@ import pytest
 import yaml
 
 from edgesched.config import (
-    SYSTEMD_ENDPOINT, Config, DeviceConfig, LimitsConfig, ModelConfig, SchedulerConfig,
-    ServerConfig, default_endpoint, load_config, parse_config, validate_endpoint,
+    SYSTEMD_ENDPOINT,
+    Config,
+    DeviceConfig,
+    LimitsConfig,
+    ModelConfig,
+    SchedulerConfig,
+    ServerConfig,
+    default_endpoint,
+    load_config,
+    parse_config,
+    validate_endpoint,
 )
 from edgesched.errors import ConfigError, EdgeschedError
 from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource

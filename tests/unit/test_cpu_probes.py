@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from edgesched.backends import cpu_probes
-from edgesched.backends.cpu_probes import CpuProbe, CpuTimes, parse_proc_stat
+from edgesched.backends.cpu_probes import CpuProbe
+from edgesched.telemetry import procstat
+from edgesched.telemetry.procstat import CpuTimes, parse_proc_stat
 from edgesched.types import Launch, ModelInfo, Priority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,27 +82,27 @@ def test_parse_proc_stat_old_kernel_and_bad_input():
 
 def test_busy_fraction_between_readings():
     a, b = parse_proc_stat(STAT_A), parse_proc_stat(STAT_B)
-    assert cpu_probes.busy_fraction(a, b) == pytest.approx(400 / 1000)
-    assert cpu_probes.busy_fraction(a, a) == 0.0
-    assert cpu_probes.busy_fraction(None, b) == 0.0
-    assert cpu_probes.resolves(a, b)                    # 1000 ticks over 2 cores
-    assert not cpu_probes.resolves(a, a)
+    assert procstat.busy_fraction(a, b) == pytest.approx(400 / 1000)
+    assert procstat.busy_fraction(a, a) == 0.0
+    assert procstat.busy_fraction(None, b) == 0.0
+    assert procstat.resolves(a, b)                    # 1000 ticks over 2 cores
+    assert not procstat.resolves(a, a)
 
 
 def test_read_cpu_times_under_a_root(tmp_path):
-    assert cpu_probes.read_cpu_times(tmp_path) is None             # no proc/stat there
+    assert procstat.read_cpu_times(tmp_path) is None             # no proc/stat there
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc" / "stat").write_text("garbage\n")
-    assert cpu_probes.read_cpu_times(tmp_path) is None
+    assert procstat.read_cpu_times(tmp_path) is None
     (tmp_path / "proc" / "stat").write_text(STAT_A)
-    assert cpu_probes.read_cpu_times(tmp_path) == parse_proc_stat(STAT_A)
+    assert procstat.read_cpu_times(tmp_path) == parse_proc_stat(STAT_A)
 
 
 def test_busy_window_on_fixture_files(tmp_path):
     (tmp_path / "proc").mkdir()
     stat = tmp_path / "proc" / "stat"
     stat.write_text(STAT_A)
-    window = cpu_probes.BusyWindow(tmp_path)
+    window = procstat.BusyWindow(tmp_path)
     stat.write_text(STAT_B)
     assert window.read() == pytest.approx(0.4)
     # no ticks since: too short for /proc/stat, so this process's own CPU time is used
@@ -339,7 +341,7 @@ def test_calibration_inputs_for_unstaged_tensors(ort_backend_class):
 
 
 def test_measure_profile_on_onnxruntime(ort_backend_class):
-    from edgesched.profiling import measure_profile
+    from edgesched.commands.measure import measure_profile
 
     errors: list[str] = []
 

@@ -16,7 +16,12 @@ import pytest
 
 from edgesched.engine import Engine, Result, Submission
 from edgesched.errors import (
-    DeadlineExceeded, ModelUnavailable, Overloaded, RequestError, ServerError, ShuttingDown,
+    DeadlineExceeded,
+    ModelUnavailable,
+    Overloaded,
+    RequestError,
+    ServerError,
+    ShuttingDown,
 )
 from edgesched.sched import make_policy
 from edgesched.types import ModelInfo, Priority

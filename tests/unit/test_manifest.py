@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from edgesched.errors import ModelLoadError
-from edgesched.manifest import MANIFEST_NAME, Manifest, SliceEntry, read_manifest, write_manifest
+from edgesched.modelfiles.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    SliceEntry,
+    read_manifest,
+    write_manifest,
+)
 from edgesched.types import TensorSpec
 
 

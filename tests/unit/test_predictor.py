@@ -11,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgesched.sched.predictor import (
-    FORM, Predictor, _design, fit, fit_and_validate, holdout_split, mape,
+    FORM,
+    Predictor,
+    _design,
+    fit,
+    fit_and_validate,
+    holdout_split,
+    mape,
 )
 from edgesched.types import CoRun, SliceDemand
 

@@ -15,10 +15,10 @@ import pytest
 
 from edgesched.backends.sim import SimBackend
 from edgesched.backends.sim_device import SliceWork
-from edgesched.profiling import measure_profile
+from edgesched.commands.measure import measure_profile
+from edgesched.modelfiles.slicing import slice_model
 from edgesched.sched.predictor import Predictor, mape
 from edgesched.sched.profile import PROFILE_VERSION, Profile
-from edgesched.slicing import slice_model
 from edgesched.types import CoRun, Launch, ModelInfo, Priority, SliceDemand, TensorSpec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from edgesched import selftest as st
+from edgesched.commands import selftest as st
 
 
 def test_without_tensorrt_it_stops_at_that_check_with_the_reason(monkeypatch):

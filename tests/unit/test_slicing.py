@@ -17,12 +17,20 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from edgesched import cli
-from edgesched.costmodel import analyze, roofline_us
+from edgesched.commands import cli
 from edgesched.errors import ModelLoadError
-from edgesched.manifest import read_manifest
-from edgesched.slicing import (BALANCE_SLACK, LAUNCH_US, REF_PEAK_BYTES_PER_S, REF_PEAK_FLOPS,
-                               SlicePlan, load_onnx, plan_slices, slice_model)
+from edgesched.modelfiles.costmodel import analyze, roofline_us
+from edgesched.modelfiles.manifest import read_manifest
+from edgesched.modelfiles.slicing import (
+    BALANCE_SLACK,
+    LAUNCH_US,
+    REF_PEAK_BYTES_PER_S,
+    REF_PEAK_FLOPS,
+    SlicePlan,
+    load_onnx,
+    plan_slices,
+    slice_model,
+)
 from tests import graphs
 
 try:

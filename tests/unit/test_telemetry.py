@@ -15,7 +15,13 @@ import pytest
 
 import edgesched.telemetry as telemetry
 from edgesched.errors import EdgeschedError
-from edgesched.telemetry import Reader, Sampler, TelemetrySample, TelemetryUnavailable, open_reader
+from edgesched.telemetry import (
+    Reader,
+    Sampler,
+    TelemetrySample,
+    TelemetryUnavailable,
+    open_reader,
+)
 from edgesched.telemetry.jtop import JtopReader
 from edgesched.telemetry.nvml import NvmlReader
 from edgesched.telemetry.sample import normalize_sensor, total_power_mw

@@ -22,7 +22,7 @@ from edgesched.backends import create_backend, resolve_backend_name
 from edgesched.backends.tensorrt import TensorRTBackend
 from edgesched.engine import Engine, Submission
 from edgesched.errors import BackendUnavailable, ModelLoadError, ServerError
-from edgesched.manifest import Manifest, SliceEntry, write_manifest
+from edgesched.modelfiles.manifest import Manifest, SliceEntry, write_manifest
 from edgesched.sched import make_policy
 from edgesched.types import BackendName, Launch, ModelInfo, Priority, TensorSpec
 from tests import fakes_cuda
@@ -409,7 +409,7 @@ def test_create_backend_and_auto_pick_tensorrt_when_it_is_importable(cuda):
 
 
 def test_the_module_imports_without_tensorrt_pycuda_or_cuda():
-    code = ("import sys, edgesched, edgesched.backends.tensorrt, edgesched.backends.cuda_streams;"
+    code = ("import sys, edgesched, edgesched.backends.tensorrt, edgesched.backends.tensorrt.cuda_streams;"
             "bad = {'tensorrt', 'pycuda', 'pycuda.driver', 'cuda'} & set(sys.modules);"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
@@ -445,7 +445,7 @@ def test_the_fakes_catch_contract_breaks(cuda, tmp_path):
 
 def test_device_report_for_selftest_names_the_gpu_sms_and_priorities(cuda):
     from edgesched.backends.tensorrt import device_report
-    from edgesched.selftest import _cuda
+    from edgesched.commands.selftest import _cuda
     fake = cuda.install(integrated=True)
     line = device_report()
     assert "Fake Orin" in line and "8 SMs" in line and "compute 8.7" in line

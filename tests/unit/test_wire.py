@@ -13,8 +13,21 @@ from edgesched import errors
 from edgesched.errors import InvalidInput, ServerError
 from edgesched.serve import wire
 from edgesched.serve.wire import (
-    ERROR, INFER, MAX_HEADER_BYTES, MAX_TENSORS, MODELS, PING, PROTOCOL_VERSION, STATS,
-    WIRE_DTYPES, Message, decode, decode_header, decode_reply, encode, encode_error,
+    ERROR,
+    INFER,
+    MAX_HEADER_BYTES,
+    MAX_TENSORS,
+    MODELS,
+    PING,
+    PROTOCOL_VERSION,
+    STATS,
+    WIRE_DTYPES,
+    Message,
+    decode,
+    decode_header,
+    decode_reply,
+    encode,
+    encode_error,
 )
 
 ID = 7

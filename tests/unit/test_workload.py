@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import yaml
 
+from edgesched.commands.workload import (
+    Arrival,
+    Workload,
+    WorkloadModel,
+    arrival_times,
+    load_workload,
+    parse_workload,
+    with_device,
+)
 from edgesched.config import SIM_DEVICES
 from edgesched.errors import ConfigError
 from edgesched.types import Priority
-from edgesched.workload import (
-    Arrival, Workload, WorkloadModel, arrival_times, load_workload, parse_workload, with_device,
-)
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "configs" / "workloads"

@@ -10,7 +10,7 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from edgesched.costmodel import analyze  # noqa: E402  (needs onnx)
+from edgesched.modelfiles.costmodel import analyze  # noqa: E402  (needs onnx)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "engines" / "make_workload_models.py"

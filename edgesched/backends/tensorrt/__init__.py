@@ -6,9 +6,18 @@ which serves them in the device's shared primary CUDA context. One code path cov
 8.6 and 10.x (the APIs named in ../shared/REFERENCE.md).
 """
 from edgesched.backends.tensorrt.build import (
-    WORKSPACE_BYTES, BuildOptions, EngineBuildError, available, build_engine, version,
+    WORKSPACE_BYTES,
+    BuildOptions,
+    EngineBuildError,
+    available,
+    build_engine,
+    version,
 )
-from edgesched.backends.tensorrt.runtime import ENGINE_SUFFIXES, TensorRTBackend, device_report
+from edgesched.backends.tensorrt.runtime import (
+    ENGINE_SUFFIXES,
+    TensorRTBackend,
+    device_report,
+)
 
 __all__ = ["ENGINE_SUFFIXES", "WORKSPACE_BYTES", "BuildOptions", "EngineBuildError",
            "TensorRTBackend", "available", "build_engine", "device_report", "version"]

@@ -11,8 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
-from edgesched.backends import cuda_streams
 from edgesched.backends.base import WAKE, LoadedModel, drain
+from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.build import _import_trt
 from edgesched.backends.tensorrt.memory import Pool as _Pool
 from edgesched.backends.tensorrt.memory import Tensor as _Tensor
@@ -21,7 +21,7 @@ from edgesched.backends.tensorrt.state import Model as _Model
 from edgesched.backends.tensorrt.state import Request as _Request
 from edgesched.backends.tensorrt.state import Slice as _Slice
 from edgesched.errors import BackendUnavailable, EdgeschedError, ModelLoadError
-from edgesched.manifest import MANIFEST_NAME, read_manifest
+from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
 from edgesched.types import Completion, Launch
 
 # Everything runs in the device's PRIMARY context (the one TensorRT's runtime API uses), pushed
@@ -35,7 +35,7 @@ log = logging.getLogger("edgesched.tensorrt")
 
 def _import_pycuda():
     try:
-        import pycuda.driver as cuda        # never pycuda.autoinit: it makes a second context
+        import pycuda.driver as cuda  # never pycuda.autoinit: it makes a second context
     except ImportError:
         raise BackendUnavailable("pycuda is not importable: pip install pycuda (it builds on the "
                                  "Jetson), or use backend: onnxruntime") from None

@@ -19,13 +19,13 @@ import numpy as np
 
 from edgesched.backends.sim import SimBackend
 from edgesched.backends.sim_device import spec_for
+from edgesched.commands.measure import measure_profile
+from edgesched.commands.workload import Workload, arrival_times
 from edgesched.engine import Engine, Result, Submission
-from edgesched.profiling import measure_profile
+from edgesched.modelfiles.slicing import slice_model
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
-from edgesched.slicing import slice_model
 from edgesched.types import ModelInfo, Priority
-from edgesched.workload import Workload, arrival_times
 
 STREAMS = 4
 QUEUE_DEPTH = 64
@@ -179,7 +179,7 @@ def simulate(workload: Workload, policies: list[str], processes: int = 1) -> dic
 def format_report(result: dict) -> str:
     """Tables per policy, labelled simulated, with realtime p99 against solo and best-effort
     work against fifo where both are there."""
-    from edgesched.table import format_table
+    from edgesched.commands.table import format_table
     lines = [f"SIMULATED on {result['device']}: {result['duration_s']:g} s, seed {result['seed']}"
              f" (predictor held-out error {_pct(result['predictor_mape'])})"]
     fifo = result["policies"].get("fifo", {}).get("best_effort_work")

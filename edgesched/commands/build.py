@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TextIO
 
 from edgesched.backends import tensorrt
-from edgesched.manifest import write_manifest
-from edgesched.progress import Progress
-from edgesched.slicing import slice_model
-from edgesched.table import format_table
+from edgesched.commands.progress import Progress
+from edgesched.commands.table import format_table
+from edgesched.modelfiles.manifest import write_manifest
+from edgesched.modelfiles.slicing import slice_model
 
 
 def build(model: Path, parts: int, out_dir: Path, name: str | None = None,

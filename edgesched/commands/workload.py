@@ -21,8 +21,19 @@ import numpy as np
 
 # Private helpers of config.py, imported so both files check values and word errors the same way.
 from edgesched.config import (
-    SIM_DEVICES, _ABSENT, _Checks, _Invalid, _Text, _fields, _got, _integer, _name, _one_of,
-    _positive, _resolve, read_yaml,
+    _ABSENT,
+    SIM_DEVICES,
+    _Checks,
+    _fields,
+    _got,
+    _integer,
+    _Invalid,
+    _name,
+    _one_of,
+    _positive,
+    _resolve,
+    _Text,
+    read_yaml,
 )
 from edgesched.errors import ConfigError
 from edgesched.types import Priority
@@ -47,7 +58,7 @@ class Arrival:
 class WorkloadModel:
     name: str
     path: Path                        # absolute; an existing .onnx file
-    slices: int                       # 1..MAX_SLICES, cut by edgesched.slicing
+    slices: int                       # 1..MAX_SLICES, cut by edgesched.modelfiles.slicing
     slo_ms: float
     priority: Priority
     arrival: Arrival

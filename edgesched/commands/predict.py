@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgesched.commands.simulate import run_policy
+from edgesched.commands.table import format_table
+from edgesched.commands.workload import Arrival, Workload, WorkloadModel
 from edgesched.errors import ConfigError
 from edgesched.sched.profile import Profile
-from edgesched.simulate import run_policy
-from edgesched.table import format_table
 from edgesched.types import Priority
-from edgesched.workload import Arrival, Workload, WorkloadModel
 
 FITS_ATTAINMENT = 0.99       # a realtime model fits if at least this share meets its SLO
 BEST_EFFORT_SLO_MS = 1000.0  # objective given to best-effort models named without one

@@ -13,11 +13,11 @@ import threading
 from pathlib import Path
 
 from edgesched import __version__
+from edgesched.commands.table import format_table
 from edgesched.config import default_endpoint, load_config, validate_endpoint
 from edgesched.errors import ConfigError, EdgeschedError
 from edgesched.paths import default_config
 from edgesched.sched import POLICIES
-from edgesched.table import format_table
 
 EXIT_USAGE = 2
 
@@ -208,7 +208,7 @@ def _status(args) -> int:
 
 
 def _demo(args) -> int:
-    from edgesched.demo import run_demo
+    from edgesched.commands.demo import run_demo
     print(run_demo(args.seconds, args.policy), flush=True)
     return 0
 
@@ -216,7 +216,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     if args.bench == "soak":
         return _bench_soak(args)
-    from edgesched.bench import bench_overhead
+    from edgesched.commands.bench import bench_overhead
     config = load_config(args.config or default_config())
     print(bench_overhead(config, args.model, n=args.requests), flush=True)
     return 0
@@ -225,7 +225,7 @@ def _bench(args) -> int:
 def _bench_soak(args) -> int:
     import json
 
-    from edgesched.soak import soak
+    from edgesched.commands.soak import soak
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
         (lambda line: print(line, flush=True))
     result = soak(args.config, args.endpoint, duration_s=args.minutes * 60,
@@ -237,7 +237,7 @@ def _bench_soak(args) -> int:
 
 def _build(args) -> int:
     from edgesched.backends.tensorrt import BuildOptions
-    from edgesched.build import build
+    from edgesched.commands.build import build
     print(build(args.model, args.slices, args.out, args.name,
                 BuildOptions(fp16=args.fp16, dla_core=args.dla)), flush=True)
     return 0
@@ -246,8 +246,8 @@ def _build(args) -> int:
 def _simulate(args) -> int:
     import json
 
-    from edgesched.simulate import format_report, simulate
-    from edgesched.workload import load_workload, with_device
+    from edgesched.commands.simulate import format_report, simulate
+    from edgesched.commands.workload import load_workload, with_device
     workload = load_workload(args.workload)
     if args.device:
         workload = with_device(workload, args.device)
@@ -260,8 +260,8 @@ def _simulate(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from edgesched.calibrate import calibrate, plot, report
-    from edgesched.progress import Progress
+    from edgesched.commands.calibrate import calibrate, plot, report
+    from edgesched.commands.progress import Progress
     config = load_config(args.config or default_config())
     out = args.out or config.profile or Path("profile.json")
     bar = Progress(len(config.models), "calibrating")
@@ -278,7 +278,7 @@ def _calibrate(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from edgesched.predict import format_prediction, parse_spec, predict
+    from edgesched.commands.predict import format_prediction, parse_spec, predict
     from edgesched.sched.profile import Profile
     config = load_config(args.config or default_config())
     try:
@@ -316,7 +316,7 @@ def _keys(args) -> int:
 
 
 def _selftest(args) -> int:
-    from edgesched.selftest import selftest
+    from edgesched.commands.selftest import selftest
     return selftest(lambda line: print(line, flush=True))
 
 

@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
+from edgesched.commands.soak.load import REPLY_TIMEOUT_S, Load
+from edgesched.commands.soak.server import ServerProcess, ping_pid, sample_process
+from edgesched.commands.table import cell
 from edgesched.errors import ConfigError, RequestError
 from edgesched.serve.client import Client
-from edgesched.soak.load import REPLY_TIMEOUT_S, Load
-from edgesched.soak.server import ServerProcess, ping_pid, sample_process
-from edgesched.table import cell
 
 PING_TIMEOUT_S = 3.0         # as `edgesched status`: no answer by then, nothing is serving
 COLUMNS = [("elapsed_s", 9), ("ok", 7), ("lost", 5), ("rss_mib", 8), ("fds", 5), ("threads", 7),

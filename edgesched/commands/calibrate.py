@@ -11,91 +11,23 @@ import dataclasses
 import datetime
 import importlib.metadata
 import logging
-import os
 import platform
 from pathlib import Path
 from typing import Callable
 
 from edgesched import __version__
-from edgesched.backends import create_backend, resolve_backend_name
+from edgesched.backends import create_backend, load_models, resolve_backend_name
 from edgesched.backends.sim import SimBackend
+from edgesched.commands.measure import measure_profile
+from edgesched.commands.table import format_table
 from edgesched.config import Config
 from edgesched.errors import BackendUnavailable
-from edgesched.profiling import measure_profile
+from edgesched.profiles import current_conditions
 from edgesched.sched.profile import Profile
-from edgesched.table import format_table
-from edgesched.types import BackendName, SliceDemand
+from edgesched.types import BackendName
 
-log = logging.getLogger("edgesched.calibrate")
+log = logging.getLogger("edgesched.commands.calibrate")
 CALIBRATION_STREAMS = 3      # profiling co-runs on streams 1 and 2 (0 is the priority stream)
-
-
-def device_name(config: Config) -> str:
-    """What a profile is tied to: the simulated module, or this machine's CPU."""
-    backend = resolve_backend_name(config.device.backend)
-    if backend is BackendName.SIM:
-        return config.device.sim_device
-    if backend is BackendName.ONNXRUNTIME:
-        return f"cpu:{platform.machine()}:{os.cpu_count()}cores"
-    return backend.value
-
-
-def current_conditions(config: Config) -> dict:
-    """Device and, where telemetry can tell, power mode and clocks, read now."""
-    conditions: dict = {"device": device_name(config)}
-    try:
-        from edgesched.telemetry import open_reader
-        reader = open_reader(config.telemetry.value)
-    except Exception as e:   # a telemetry problem must not stop calibration or serving
-        log.info("no telemetry: %s", e)
-        reader = None
-    if reader is not None:
-        try:
-            sample = reader.read()
-            conditions.update(telemetry=reader.name, nvpmodel=sample.nvpmodel,
-                              jetson_clocks=sample.jetson_clocks,
-                              gpu_freq_mhz=sample.gpu_freq_mhz, emc_freq_mhz=sample.emc_freq_mhz)
-        finally:
-            reader.close()
-    return conditions
-
-
-def mismatch(profile: Profile, conditions: dict) -> str | None:
-    """Why `profile` is not valid under `conditions` (None: it is). Clocks are compared only
-    through the power mode and jetson_clocks state, which pin them."""
-    meta = profile.meta
-    if profile.device != conditions.get("device"):
-        return f"it was measured on {profile.device!r}, this is {conditions.get('device')!r}"
-    for key in ("nvpmodel", "jetson_clocks"):
-        then, now = meta.get(key), conditions.get(key)
-        if then is not None and now is not None and then != now:
-            return f"it was measured with {key} {then!r}, now it is {now!r}"
-    return None
-
-
-def estimate_profile(config: Config) -> Profile:
-    """Demands from the ONNX cost model on the configured module's spec, for serving before
-    any calibration: right in proportion, not measured. Models without ONNX (bare engines)
-    are left out: the scheduler treats them conservatively."""
-    import onnx
-
-    from edgesched.backends.sim_device import SPECS, slice_work
-    from edgesched.manifest import MANIFEST_NAME, read_manifest
-    spec = SPECS[config.device.sim_device]
-    demands = {}
-    for m in config.models:
-        if (m.path / MANIFEST_NAME).is_file():
-            manifest = read_manifest(m.path)
-            files = [manifest.slice_path(s) for s in manifest.slices]
-        elif m.path.suffix == ".onnx":
-            files = [m.path]
-        else:
-            continue
-        works = [slice_work(onnx.load(str(f)), spec) for f in files]
-        demands[m.name] = tuple(SliceDemand(w.sm_peak, w.mem, w.duration_us,
-                                            w.compute_us / w.duration_us) for w in works)
-    return Profile(f"estimate:{spec.name}", demands,
-                   meta={"estimated": True, "method": f"cost model on {spec.name} figures"})
 
 
 def _backend(config: Config):
@@ -123,11 +55,10 @@ def _versions() -> dict:
 
 def calibrate(config: Config, runs: int = 5, pairs: int = 40, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> Profile:
-    from edgesched.serve.server import load_models
     conditions = current_conditions(config)
     backend = _backend(config)
     try:
-        models = load_models(backend, config)
+        models = load_models(backend, config.models)
         profile = measure_profile(backend, models, conditions["device"], runs=runs, pairs=pairs,
                                   seed=seed, progress=progress)
     finally:

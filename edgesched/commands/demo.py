@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesched.commands.table import format_table
 from edgesched.config import Config, load_config
 from edgesched.errors import RequestError
 from edgesched.paths import shipped
 from edgesched.serve.client import Client
 from edgesched.serve.server import Server
-from edgesched.table import format_table
 from edgesched.types import BackendName, PolicyName, Priority
 
 CAMERA_FPS = {"convnet": 30.0, "depthwise": 15.0}   # frames/s per realtime model

@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from edgesched.costmodel import NodeCost, analyze, roofline_us
 from edgesched.errors import ModelLoadError
-from edgesched.manifest import Manifest, SliceEntry, write_manifest
+from edgesched.modelfiles.costmodel import NodeCost, analyze, roofline_us
+from edgesched.modelfiles.manifest import Manifest, SliceEntry, write_manifest
 from edgesched.types import TensorSpec
 
 # Reference device for balancing when no measured per-node times are given: AGX Orin FP32 at

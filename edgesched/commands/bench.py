@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesched.commands.table import format_table
 from edgesched.config import Config
-from edgesched.manifest import read_manifest
-from edgesched.table import format_table
+from edgesched.modelfiles.manifest import read_manifest
 
 
 def _percentiles_us(samples_s: list[float]) -> tuple[float, float]:
