@@ -143,12 +143,6 @@ def start_server() -> Iterator[Callable[..., tuple[Server, str]]]:
         yield lambda models, **settings: stack.enter_context(serving(models, **settings))
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    with socket_dir() as path:
-        yield path
-
-
 class RawSockets:
     """Plain zmq sockets for speaking the wire protocol by hand (malformed messages included)."""
 

@@ -13,20 +13,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import pytest
 
-from edgesched import Client
-from edgesched.config import ServerConfig, parse_config
-from edgesched.serve.server import Server
+from edgesched.config import ServerConfig
 from edgesched.serve.systemd import Notifier
+from tests.notify_socket import notifier_for, pending, received
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "edgesched.service"
@@ -42,54 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now_s
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="es"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def listener(short_dir) -> Iterator[tuple[socket.socket, str]]:
-    """(socket, NOTIFY_SOCKET value): a datagram socket bound where systemd's would be."""
-    path = short_dir / "notify"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    try:
-        yield sock, str(path)
-    finally:
-        sock.close()
-
-
-def received(sock: socket.socket, wait_s: float = 0.2) -> list[str]:
-    """Every datagram queued now or arriving within the next `wait_s`."""
-    messages = []
-    end_s = time.monotonic() + wait_s
-    while True:
-        sock.settimeout(max(end_s - time.monotonic(), 1e-3))
-        try:
-            messages.append(sock.recv(4096).decode())
-        except socket.timeout:
-            return messages
-
-
-def pending(sock: socket.socket) -> list[str]:
-    """The datagrams already queued (a unix datagram is queued before sendto() returns)."""
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096, socket.MSG_DONTWAIT).decode())
-        except BlockingIOError:
-            return messages
-
-
-def notifier_for(address: str, clock=None, **env: str) -> Notifier:
-    environ = {"NOTIFY_SOCKET": address, **env}
-    return Notifier.from_env(environ, **({"clock": clock} if clock else {}))
 
 
 # --- the messages -----------------------------------------------------------------------------
@@ -250,92 +197,6 @@ def test_a_socket_that_never_existed_does_not_raise(short_dir):
     with notifier_for(str(short_dir / "absent")) as notifier:
         notifier.ready()
         notifier.stopping()
-
-
-# --- a real server ---------------------------------------------------------------------------
-def sim_config(endpoint: str):
-    data = {"device": {"backend": "sim", "sim_device": "orin-nano", "streams": 2},
-            "scheduler": {"policy": "greedy"}, "telemetry": "none",
-            "server": {"endpoint": endpoint, "drain_timeout_s": 2.0},
-            "models": [{"name": "classifier",
-                        "path": str(ROOT / "engines/workloads/classifier.onnx"),
-                        "slo_ms": 100}]}
-    return parse_config(data, "<systemd test>", ROOT)
-
-
-def test_a_server_says_ready_pings_while_serving_and_says_stopping(listener, short_dir):
-    sock, address = listener
-    endpoint = f"ipc://{short_dir}/s.sock"
-    notifier = notifier_for(address, WATCHDOG_USEC="200000")       # ping every 0.1 s
-    try:
-        server = Server(sim_config(endpoint), notifier=notifier)
-        try:
-            assert received(sock, 0.3) == []           # models loaded, socket not yet bound
-            server.start()
-            early = received(sock, 0.5)
-            # READY=1 means clients can connect now.
-            with Client(endpoint, timeout_s=10) as client:
-                out = client.infer("classifier",
-                                   {"image": np.zeros((1, 3, 224, 224), np.float32)})
-            assert out["logits"].shape == (1, 1000)
-        finally:
-            server.stop()
-        late = received(sock, 0.3)
-    finally:
-        notifier.close()
-    messages = early + late
-    assert messages[0] == "READY=1"
-    assert set(messages) == {"READY=1", "WATCHDOG=1", "STOPPING=1"}
-    assert messages.count("READY=1") == 1 and messages.count("STOPPING=1") == 1
-    stopping = messages.index("STOPPING=1")
-    assert messages[1:stopping].count("WATCHDOG=1") >= 2       # 0.5 s at one per 0.1 s
-    # Pings during the drain are allowed (the engine is alive), nothing else after STOPPING=1.
-    assert set(messages[stopping + 1:]) <= {"WATCHDOG=1"}
-
-
-def test_a_stuck_engine_stops_the_pings(listener, short_dir):
-    """The ping comes from the engine loop: when a step hangs, systemd hears nothing."""
-    sock, address = listener
-    notifier = notifier_for(address, WATCHDOG_USEC="200000")
-    server = Server(sim_config(f"ipc://{short_dir}/s.sock"), notifier=notifier)
-    release, stuck = threading.Event(), threading.Event()
-    try:
-        server.start()
-        assert received(sock, 0.3)[:2] == ["READY=1", "WATCHDOG=1"]
-        step = server.engine.step
-
-        def hanging_step(max_wait_s: float) -> None:
-            stuck.set()
-            release.wait(10)
-            step(max_wait_s)
-
-        server.engine.step = hanging_step
-        assert stuck.wait(5)
-        received(sock, 0.05)                        # a ping sent just before the hang
-        assert received(sock, 0.5) == []           # 2.5 ping intervals: silence
-        release.set()
-        assert "WATCHDOG=1" in received(sock, 0.3)  # alive again
-    finally:
-        release.set()
-        server.stop()
-        notifier.close()
-
-
-def test_a_server_finds_systemd_through_the_environment(listener, short_dir, monkeypatch):
-    sock, address = listener
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    server = Server(sim_config(f"ipc://{short_dir}/s.sock")).start()
-    server.stop()
-    assert received(sock) == ["READY=1", "STOPPING=1"]
-    assert server.notifier._sock is None            # its own notifier: closed on stop
-
-
-def test_a_server_that_never_started_says_only_stopping(listener, short_dir):
-    sock, address = listener
-    with notifier_for(address, WATCHDOG_USEC="200000") as notifier:
-        Server(sim_config(f"ipc://{short_dir}/s.sock"), notifier=notifier).stop()
-    assert received(sock) == ["STOPPING=1"]
 
 
 # --- the unit file and its companions ---------------------------------------------------------
