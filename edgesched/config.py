@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edgesched.devices import MODULES
 from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpoint: re-exported)
     SYSTEMD_ENDPOINT,
     default_endpoint,
@@ -27,7 +28,8 @@ from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpo
 from edgesched.errors import ConfigError
 from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource
 
-SIM_DEVICES = ("orin-agx", "orin-nx", "orin-nano", "xavier-agx")
+SIM_DEVICES = MODULES   # the modules edgesched has figures for (edgesched.devices)
+MODULE_AUTO = "auto"    # device.module: read the board's device-tree model string
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Bracketed IPv6, or a host name / IPv4 / interface / `*` without ':' or '/'.
@@ -39,9 +41,12 @@ _IPC_PATH_MAX_BYTES = 107
 @dataclass(frozen=True)
 class DeviceConfig:
     backend: BackendName = BackendName.AUTO  # auto: tensorrt if importable, else onnxruntime
-    sim_device: str = "orin-nano"            # read only by backend sim; one of SIM_DEVICES
+    sim_device: str = "orin-nano"            # backend sim only: the module it simulates
     streams: int = 4                         # CUDA streams (worker threads on CPU)
     cpu_threads_per_stream: int = 1          # ONNX Runtime intra-op threads per stream
+    # The Jetson module this runs on, for cost-model estimates and profile matching on every
+    # backend but sim: one of MODULES, or auto (the device tree; edgesched.profiles).
+    module: str = MODULE_AUTO
 
 
 @dataclass(frozen=True)
@@ -206,8 +211,11 @@ def validate_endpoint(endpoint: str, source: str, key: str) -> str:
 
 _Checks = Mapping[str, Callable[[Any], Any]]
 
-_DEVICE: _Checks = {"backend": _one_of(BackendName), "sim_device": _one_of(SIM_DEVICES),
-                    "streams": _integer(1, 32), "cpu_threads_per_stream": _integer(1, 64)}
+_DEVICE: _Checks = {"backend": _one_of(BackendName), "module": _one_of((MODULE_AUTO, *MODULES)),
+                    "sim_device": _one_of(SIM_DEVICES), "streams": _integer(1, 32),
+                    "cpu_threads_per_stream": _integer(1, 64)}
+
+
 def _group(v: Any) -> str | int | None:
     if v is None:
         return None

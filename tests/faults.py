@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Callable
 
+from edgesched.backends.base import Doorbell
 from edgesched.types import Completion, Launch
 
 
@@ -26,6 +27,7 @@ class FaultyBackend:
         self._hung: list[Launch] = []
         self._lock = threading.Lock()
         self.injected: list[tuple[str, Launch]] = []
+        self._doorbell = Doorbell()
 
     # --- the hook -------------------------------------------------------------------------
     def launch(self, launch: Launch) -> None:
@@ -36,7 +38,7 @@ class FaultyBackend:
         if what == "raise":
             now = time.monotonic()
             self._failed.put(Completion(launch, now, now, "RuntimeError: injected fault"))
-            self.inner.wake()                  # a poll waiting in the inner backend returns
+            self._doorbell.ring()              # a poll waiting in the inner backend returns
         elif what == "hang":
             with self._lock:
                 self._hung.append(launch)
@@ -77,8 +79,9 @@ class FaultyBackend:
     def release(self, request_id):
         self.inner.release(request_id)
 
-    def wake(self):
-        self.inner.wake()
+    def bind(self, doorbell):
+        self._doorbell = doorbell
+        self.inner.bind(doorbell)
 
     def close(self):
         self.inner.close()

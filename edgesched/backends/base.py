@@ -1,13 +1,16 @@
 """The one interface every device kind implements (ONNX Runtime, TensorRT, simulator, fakes).
 
-The engine thread is the only caller, except `wake`, which any thread may call. A backend
-carries out launches; it never decides what runs (that is the policy's job).
+The engine thread is the only caller. A backend carries out launches; it never decides what
+runs (that is the policy's job). Its waits for completions end early when the doorbell it is
+bound to rings: the engine owns that doorbell (`bind`), so a submission from any thread wakes
+whichever backend is waiting; a backend used alone (calibration) keeps one of its own.
 Request tensors live in the backend between slices (on TensorRT they stay in device-visible
 memory), so the engine only hands over inputs once (`stage`) and takes outputs once (`fetch`).
 """
 from __future__ import annotations
 
 import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
@@ -38,7 +41,7 @@ class Backend(Protocol):
         """Start one slice on one stream; returns at once. Its end is reported by poll."""
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        """Completions so far; waits up to timeout_s for the first one (or a wake)."""
+        """Completions so far; waits up to timeout_s for the first one (or a doorbell ring)."""
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         """A finished request's outputs; frees what the backend held for it."""
@@ -46,25 +49,53 @@ class Backend(Protocol):
     def release(self, request_id: int) -> None:
         """Free a request that will not finish (failed, expired). Idempotent."""
 
-    def wake(self) -> None:
-        """Make a poll that is waiting now return early. Thread-safe."""
+    def bind(self, doorbell: "Doorbell") -> None:
+        """Wait on `doorbell` from now on: a ring ends a waiting poll early."""
 
     def close(self) -> None: ...
 
 
-WAKE = object()      # put into a completion queue by wake(): ends a waiting drain early
+class Doorbell:
+    """The engine's one wake-up. Any thread rings it (a submission, a finished launch, a stop);
+    the engine thread waits on it inside `Backend.poll`. A ring that comes before the wait is
+    not lost: it ends the next wait at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Up to timeout_s seconds for a ring (True if one came). The caller looks for news
+        after this returns, so a ring landing between the wait and the reset loses nothing."""
+        rung = self._event.wait(timeout_s) if timeout_s > 0 else self._event.is_set()
+        self._event.clear()
+        return rung
 
 
-def drain(done: queue.SimpleQueue, timeout_s: float) -> list:
-    """What a thread-based backend's completion queue holds: waits up to timeout_s for the
-    first item, then takes whatever else is there without waiting; WAKE markers dropped."""
-    try:
-        first = done.get(timeout=timeout_s) if timeout_s > 0 else done.get_nowait()
-    except queue.Empty:
-        return []
-    items = [first]
-    while True:
-        try:
-            items.append(done.get_nowait())
-        except queue.Empty:
-            return [item for item in items if item is not WAKE]
+class CompletionQueue:
+    """Where a thread-based backend's worker threads put finished launches; each put rings
+    the doorbell the backend is bound to."""
+
+    def __init__(self) -> None:
+        self._items: queue.SimpleQueue = queue.SimpleQueue()
+        self.doorbell = Doorbell()
+
+    def put(self, item) -> None:
+        self._items.put(item)
+        self.doorbell.ring()
+
+    def take(self, timeout_s: float) -> list:
+        """Everything queued; if nothing is, waits up to timeout_s for a ring first."""
+        if self._items.empty():
+            self.doorbell.wait(timeout_s)
+        items = []
+        while True:
+            try:
+                items.append(self._items.get_nowait())
+            except queue.Empty:
+                return items
+
+    def empty(self) -> bool:
+        return self._items.empty()

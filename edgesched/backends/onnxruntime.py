@@ -36,20 +36,13 @@ from typing import Mapping
 
 import numpy as np
 
+from edgesched import dtypes
 from edgesched.backends import cpu_probes
-from edgesched.backends.base import WAKE, LoadedModel, drain
+from edgesched.backends.base import CompletionQueue, Doorbell, LoadedModel
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
 from edgesched.telemetry import procstat
 from edgesched.types import Completion, Launch, TensorSpec
-
-# ONNX Runtime's type strings -> numpy dtype names (the tensor element types we serve).
-_ORT_DTYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16",
-    "tensor(uint16)": "uint16", "tensor(int32)": "int32", "tensor(uint32)": "uint32",
-    "tensor(int64)": "int64", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
-}
 
 
 def _import_ort():
@@ -62,9 +55,10 @@ def _import_ort():
 
 
 def _spec(arg) -> TensorSpec:
-    dtype = _ORT_DTYPES.get(arg.type)
-    if dtype is None:
-        raise ModelLoadError(f"tensor {arg.name!r} has unsupported type {arg.type}")
+    try:
+        dtype = dtypes.from_ort(arg.type).name
+    except dtypes.UnsupportedDtype as e:
+        raise ModelLoadError(f"tensor {arg.name!r}: {e}") from None
     shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
     return TensorSpec(arg.name, dtype, shape)
 
@@ -104,7 +98,7 @@ class OnnxRuntimeBackend:
         # request id -> (model, its live tensors: inputs, then every slice's outputs,
         #                synthetic: staged with no tensors, so missing inputs are zeros)
         self._tensors: dict[int, tuple[str, dict[str, np.ndarray], bool]] = {}
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = CompletionQueue()
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
@@ -198,7 +192,10 @@ class OnnxRuntimeBackend:
             self._done.put(Completion(launch, start, time.monotonic(), error))
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        return drain(self._done, timeout_s)
+        return self._done.take(timeout_s)
+
+    def bind(self, doorbell: Doorbell) -> None:
+        self._done.doorbell = doorbell
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         model, tensors, _ = self._tensors.pop(request_id)
@@ -206,9 +203,6 @@ class OnnxRuntimeBackend:
 
     def release(self, request_id: int) -> None:
         self._tensors.pop(request_id, None)
-
-    def wake(self) -> None:
-        self._done.put(WAKE)
 
     # --- calibration: probes and telemetry ---------------------------------------------------
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:

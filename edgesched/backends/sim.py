@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from edgesched.backends.base import LoadedModel
+from edgesched import dtypes
+from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.backends.sim_device import (
     SPECS,
     DeviceSpec,
@@ -59,7 +59,11 @@ def _specs_from_graph(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], .
 
     def spec(v) -> TensorSpec:
         t = v.type.tensor_type
-        return TensorSpec(v.name, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+        try:
+            dtype = dtypes.from_onnx(t.elem_type).name
+        except dtypes.UnsupportedDtype as e:    # load() names the file
+            raise dtypes.UnsupportedDtype(f"tensor {v.name!r}: {e}") from None
+        return TensorSpec(v.name, dtype,
                           tuple(d.dim_value if d.dim_value > 0 else None for d in t.shape.dim))
     return (tuple(spec(v) for v in model.graph.input if v.name not in inits),
             tuple(spec(v) for v in model.graph.output))
@@ -86,7 +90,7 @@ class SimBackend:
         self._sigma = noise_sigma
         self._realtime = realtime
         self._make_outputs = outputs     # False: fetch returns {} (simulate reads no tensors)
-        self._wakeup = threading.Event()
+        self._doorbell = Doorbell()         # real time: a ring ends a poll's sleep early
         self._ready: list[Completion] = []     # real time: found while catching up, unreported
         self._now = time.monotonic() if realtime else 0.0
         self._telemetry_since = self._now
@@ -168,16 +172,13 @@ class SimBackend:
         return self._poll_until(self._now + max(timeout_s, 0.0))
 
     def _poll_realtime(self, timeout_s: float) -> list[Completion]:
-        """Sleep (interruptible by wake) until the next completion is due in wall time."""
+        """Sleep (a doorbell ring ends it) until the next completion is due in wall time."""
         self._catch_up()
         if not self._ready:
             durations = self._durations()
             due = [j.remaining * durations[k] for k, j in self._jobs.items() if j.launch]
             wait = min([timeout_s, *due]) if due else timeout_s
-            # A wake that came before this poll still counts: clear only after waiting.
-            if wait > 0:
-                self._wakeup.wait(wait)
-            self._wakeup.clear()
+            self._doorbell.wait(wait)
             self._catch_up()
         ready, self._ready = self._ready, []
         return ready
@@ -265,9 +266,9 @@ class SimBackend:
     def release(self, request_id: int) -> None:
         self._staged.pop(request_id, None)
 
-    def wake(self) -> None:
-        """Thread-safe: ends a real-time poll's wait early (a no-op on the virtual clock)."""
-        self._wakeup.set()
+    def bind(self, doorbell: Doorbell) -> None:
+        """A ring ends a real-time poll's sleep early (the virtual clock never sleeps)."""
+        self._doorbell = doorbell
 
     def close(self) -> None:
         self._jobs.clear()

@@ -1,8 +1,9 @@
-"""The simulated Jetson GPUs: device specs and each slice's ground-truth work.
+"""The simulated Jetson GPUs: each slice's ground-truth work on a device spec.
 
-Specs come from ../shared/JETSON_FIGURES.md (max power mode). A slice's work is derived from
-the ONNX cost model as TensorRT would run it: one kernel per compute node, with pointwise ops
-(activations, BatchNorm, residual adds) fused into the kernel before them and reshapes free.
+The specs live in edgesched.devices (from ../shared/JETSON_FIGURES.md, max power mode). A
+slice's work is derived from the ONNX cost model as TensorRT would run it: one kernel per
+compute node, with pointwise ops (activations, BatchNorm, residual adds) fused into the kernel
+before them and reshapes free.
 Each kernel takes launch overhead + max(compute time at the SMs its grid fills, memory time);
 the slice keeps compute-bound and memory-bound time apart, because contention stretches them
 differently. This is the simulator's own truth: the scheduler never reads it.
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from edgesched.devices import SPECS, DeviceSpec  # noqa: F401 (SPECS: re-exported)
 from edgesched.modelfiles.costmodel import analyze
 
 # Ops that TensorRT fuses into the producing kernel's epilogue (pointwise on its output).
@@ -27,33 +29,6 @@ TILE_OUTPUTS = 1024      # output elements per CTA (TensorRT picks small tiles a
 CTAS_PER_SM = 2          # resident CTAs per SM for a typical implicit-GEMM conv
 WEIGHT_BYTES_SCALE = 0.25   # INT8 weights: a quarter of the FP32 bytes the cost model counts
 ACT_BYTES_SCALE = 0.3       # INT8 activations, with some FP16/FP32 islands between layers
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    name: str
-    sms: int
-    gpu_mhz: int
-    peak_ops: float           # dense INT8 tensor ops/s (the precision the simulator runs)
-    dram_bytes_per_s: float
-    l2_bytes: int
-    launch_us: float          # per-kernel launch and scheduling cost on the GPU
-    # Fitted so ResNet-50 INT8 batch 1 lands within 8% of MLPerf's p50 on AGX Orin (0.636 ms),
-    # Orin NX (1.078) and AGX Xavier (1.817); see tests/sim/test_sim_device.py.
-    compute_efficiency: float = 0.35   # achieved / peak tensor ops at batch 1
-    memory_efficiency: float = 0.90    # achieved / peak DRAM bandwidth
-    stream_priorities: bool = True
-
-
-# Dense INT8: AGX Orin 85 TOPS and Nano 20 (data sheets); NX derived from AGX by SMs and clock;
-# Xavier 22 (64 Volta tensor cores at 1377 MHz). Launch cost: tiny kernels run 4-9 us on
-# Xavier (8 used); Orin's newer front end fits 3 us.
-SPECS = {
-    "orin-agx": DeviceSpec("orin-agx", 16, 1300, 85e12, 204.8e9, 4 << 20, 3.0),
-    "orin-nx": DeviceSpec("orin-nx", 8, 918, 85e12 * 8 / 16 * 918 / 1300, 102.4e9, 2 << 20, 3.0),
-    "orin-nano": DeviceSpec("orin-nano", 8, 625, 20e12, 68e9, 2 << 20, 3.0),
-    "xavier-agx": DeviceSpec("xavier-agx", 8, 1377, 22e12, 136.5e9, 512 << 10, 8.0),
-}
 
 
 def spec_for(device: str) -> DeviceSpec:

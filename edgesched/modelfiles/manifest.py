@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgesched import dtypes
 from edgesched.errors import ModelLoadError
 from edgesched.types import TensorSpec
 
@@ -65,6 +66,10 @@ def _specs(raw: object, where: str) -> tuple[TensorSpec, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
                 or not isinstance(item.get("dtype"), str) or not isinstance(item.get("shape"), list):
             raise ValueError(f"{where}[{i}] needs name, dtype and shape")
+        try:
+            dtypes.by_name(item["dtype"])
+        except dtypes.UnsupportedDtype as e:
+            raise ValueError(f"{where}[{i}]: {e}") from None
         if any(isinstance(d, bool) for d in item["shape"]):
             raise ValueError(f"{where}[{i}].shape must hold integers")
         shape = tuple(None if d is None or (isinstance(d, int) and d < 0) else d

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgesched import dtypes
 from edgesched.errors import ModelLoadError
 from edgesched.modelfiles.costmodel import NodeCost, analyze, roofline_us
 from edgesched.modelfiles.manifest import Manifest, SliceEntry, write_manifest
@@ -240,8 +241,12 @@ def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 
 def _spec(info: onnx.ValueInfoProto) -> TensorSpec:
+    """A model input's or output's spec: it must be an element type edgesched serves."""
     tensor = info.type.tensor_type
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    try:
+        dtype = dtypes.from_onnx(tensor.elem_type).name
+    except dtypes.UnsupportedDtype as e:
+        raise ModelLoadError(f"model tensor {info.name!r}: {e}") from None
     shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                   for d in tensor.shape.dim)
     return TensorSpec(info.name, dtype, shape)

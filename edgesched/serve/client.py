@@ -33,7 +33,7 @@ from edgesched.errors import (
 )
 from edgesched.serve import wire
 from edgesched.serve.access import apply_client_keys, load_client_keys
-from edgesched.types import Priority
+from edgesched.types import Priority, Timings
 
 _ids = itertools.count(1)       # process-wide, so ids never repeat across sockets
 # Socket events that end the requests in flight (the server cannot answer them any more).
@@ -45,24 +45,6 @@ _LOST = {zmq.EVENT_DISCONNECTED: "the connection to the server was lost (stopped
 _MONITORED = 0
 for _event in _LOST:
     _MONITORED |= _event
-
-
-def _infer_header(model: str, deadline_ms: float | None, priority) -> dict:
-    header = {"model": model}
-    if deadline_ms is not None:
-        header["deadline_ms"] = float(deadline_ms)
-    if priority is not None:
-        try:
-            header["priority"] = Priority(priority).value
-        except ValueError:
-            raise InvalidInput(f"priority {priority!r} is not realtime or best_effort") from None
-    return header
-
-
-def _check_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise InvalidInput("inputs must be a non-empty mapping of name -> numpy array")
-    return {name: np.asarray(a) for name, a in inputs.items()}
 
 
 def _result(msg: wire.Message):
@@ -145,21 +127,23 @@ class _Conn:
 
 
 class Pending:
-    """A request in flight on one client thread. After `result()`, `timings` holds the
-    server's view of an INFER request: queue_ms, device_ms, total_ms (arrival -> done)."""
+    """A request in flight on one client thread. `timings` is None until `result()` has
+    returned an INFER request's outputs, then the server's view of it (Timings: queue_ms,
+    device_ms, total_ms from arrival to done)."""
 
     def __init__(self, client: "Client", request_id: int, timeout_s: float):
         self._client, self.id = client, request_id
         self._give_up_s = time.monotonic() + timeout_s
         self._thread = threading.get_ident()
-        self.timings: dict | None = None
+        self.timings: Timings | None = None
 
     def result(self):
         if threading.get_ident() != self._thread:
             raise RuntimeError("collect a Pending on the thread that submitted it")
         msg = self._client._wait(self.id, self._give_up_s)
-        self.timings = msg.header.get("timings")
-        return _result(msg)
+        value = _result(msg)
+        self.timings = msg.timings
+        return value
 
 
 def _keys(server_key, client_key) -> tuple[bytes, bytes, bytes] | None:
@@ -200,24 +184,27 @@ class Client:
 
     # --- the API ------------------------------------------------------------------------------
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], deadline_ms: float | None = None,
-              priority: Priority | str | None = None) -> dict[str, np.ndarray]:
-        return self.submit(model, inputs, deadline_ms, priority).result()
+              priority: Priority | str | None = None, *, timings: bool = False):
+        """The outputs by name; with timings=True, (outputs, Timings) (the server's view)."""
+        pending = self.submit(model, inputs, deadline_ms, priority)
+        outputs = pending.result()
+        return (outputs, pending.timings) if timings else outputs
 
     def submit(self, model: str, inputs: Mapping[str, np.ndarray],
                deadline_ms: float | None = None, priority: Priority | str | None = None) -> Pending:
-        header = _infer_header(model, deadline_ms, priority)
-        return self._send(wire.INFER, header, _check_inputs(inputs))
+        request = wire.infer_request(next(_ids), model, inputs, deadline_ms, priority)
+        return self._send(request.id, wire.encode_infer(request))
 
     def models(self) -> list[dict]:
-        return self._send(wire.MODELS, {}).result()["models"]
+        return self._query(wire.MODELS).result()["models"]
 
     def stats(self) -> dict:
-        return self._send(wire.STATS, {}).result()
+        return self._query(wire.STATS).result()
 
     def ping(self) -> float:
         """Round-trip time to the server in seconds."""
         start = time.perf_counter()
-        self._send(wire.PING, {}).result()
+        self._query(wire.PING).result()
         return time.perf_counter() - start
 
     # --- per-thread socket --------------------------------------------------------------------
@@ -231,9 +218,11 @@ class Client:
                 self._conns.append(conn)
         return conn
 
-    def _send(self, kind: bytes, header: dict, tensors=None) -> Pending:
+    def _query(self, kind: bytes) -> Pending:
         request_id = next(_ids)
-        frames = wire.encode(kind, {"id": request_id, **header}, tensors)
+        return self._send(request_id, wire.encode(kind, {"id": request_id}))
+
+    def _send(self, request_id: int, frames: list) -> Pending:
         conn = self._conn()
         # A disconnect that already happened must not be blamed on this request.
         conn.check_monitor()
@@ -313,40 +302,45 @@ class AsyncClient:
                 fut.set_exception(ServerUnavailable(f"{self.endpoint}: {reason}"))
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray],
-                    deadline_ms: float | None = None,
-                    priority: Priority | str | None = None) -> dict[str, np.ndarray]:
-        return await self._call(wire.INFER, _infer_header(model, deadline_ms, priority),
-                                _check_inputs(inputs))
+                    deadline_ms: float | None = None, priority: Priority | str | None = None,
+                    *, timings: bool = False):
+        """The outputs by name; with timings=True, (outputs, Timings) (the server's view)."""
+        request = wire.infer_request(next(_ids), model, inputs, deadline_ms, priority)
+        msg = await self._exchange(request.id, wire.encode_infer(request))
+        outputs = _result(msg)
+        return (outputs, msg.timings) if timings else outputs
 
     async def models(self) -> list[dict]:
-        return (await self._call(wire.MODELS, {}))["models"]
+        return (await self._query(wire.MODELS))["models"]
 
     async def stats(self) -> dict:
-        return await self._call(wire.STATS, {})
+        return await self._query(wire.STATS)
 
     async def ping(self) -> float:
         start = time.perf_counter()
-        await self._call(wire.PING, {})
+        await self._query(wire.PING)
         return time.perf_counter() - start
 
-    async def _call(self, kind: bytes, header: dict, tensors=None):
+    async def _query(self, kind: bytes):
+        request_id = next(_ids)
+        return _result(await self._exchange(request_id, wire.encode(kind, {"id": request_id})))
+
+    async def _exchange(self, request_id: int, frames: list) -> wire.Message:
+        """Send one request's frames and wait for its reply (an ERROR reply included)."""
         if self._reader is None:
             loop = asyncio.get_running_loop()
             self._reader = loop.create_task(self._read())
             self._watcher = loop.create_task(self._watch())
-        request_id = next(_ids)
         future = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            await self._sock.send_multipart(wire.encode(kind, {"id": request_id, **header},
-                                                        tensors), copy=False)
-            msg = await asyncio.wait_for(future, self.timeout_s)
+            await self._sock.send_multipart(frames, copy=False)
+            return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
             raise ServerUnavailable(f"no reply from {self.endpoint} within "
                                     f"{self.timeout_s:g} s") from None
         finally:
             self._waiting.pop(request_id, None)
-        return _result(msg)
 
     async def _read(self) -> None:
         while True:

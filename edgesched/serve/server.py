@@ -31,12 +31,11 @@ from edgesched.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from edgesched.health import Health
+from edgesched.sched.health import Health
 from edgesched.profiles import choose_profile
 from edgesched.sched import make_policy
 from edgesched.serve import access, wire
 from edgesched.serve.systemd import Notifier
-from edgesched.types import ModelInfo, Priority
 
 log = logging.getLogger("edgesched.server")
 _BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
@@ -137,7 +136,7 @@ class Server:
         while not self.engine.idle and time.monotonic() < give_up:
             time.sleep(0.005)
         self._stop_engine.set()
-        self.backend.wake()
+        self.engine.wake()
         self._threads[1].join()
         # The engine thread is gone: this thread owns the engine now.
         self.engine.abort_all(ShuttingDown("the server stopped before the request finished"))
@@ -202,11 +201,7 @@ class Server:
         if result.error is not None:
             frames = wire.encode_error(request_id, result.error)
         else:
-            t = result.timings
-            header = {"id": request_id, "timings": {"queue_ms": t.queue_ms,
-                                                    "device_ms": t.device_ms,
-                                                    "total_ms": t.total_ms}}
-            frames = wire.encode(wire.INFER, header, result.outputs, tensor_key="outputs")
+            frames = wire.encode_result(request_id, result.outputs, result.timings)
         self._push().send_multipart(envelope + frames, copy=False)
 
     def _push(self) -> zmq.Socket:
@@ -304,12 +299,11 @@ class Server:
                     request_id = _peek_id(body)
                     raise MessageTooLarge(f"message of {size} bytes exceeds the server's limit "
                                           f"of {self._max_bytes} bytes")
-                msg = wire.decode([f.buffer for f in body])
-            except InvalidInput:
-                self.stats.count_bad_request(unknown_model=False)
-                raise
+                msg = wire.decode_request([f.buffer for f in body])
+            except InvalidInput as e:
+                raise self._refused(e) from None
             request_id = msg.id
-            if msg.kind == wire.INFER:
+            if isinstance(msg, wire.InferRequest):
                 return self._infer(envelope, msg)
             reply = self._answer_query(msg)
         except RequestError as e:
@@ -339,21 +333,35 @@ class Server:
             header.update(version=__version__, pid=os.getpid())
         return [msg.kind, wire.pack_header(header)]
 
-    def _infer(self, envelope: list[bytes], msg: wire.Message) -> None:
-        now = time.monotonic()
-        h = msg.header
-        model = h.get("model")
-        info = self.models.get(model) if isinstance(model, str) else None
-        if info is None:
-            self.stats.count_bad_request(unknown_model=isinstance(model, str))
-            if not isinstance(model, str):
-                raise InvalidInput("INFER header lacks a string 'model'")
-            raise UnknownModel(f"unknown model {model!r}; served: {', '.join(self.models)}")
-        try:
-            deadline_ms, priority = self._check_infer(info, h, msg.tensors)
-        except InvalidInput:
+    def _refused(self, error: InvalidInput) -> RequestError:
+        """Count a request the wire refused; the error to answer it with. A bad deadline or
+        priority names its model (error.model): an unknown one is answered UnknownModel (the
+        model is looked up first), a served one counts as that model's invalid request."""
+        model = getattr(error, "model", None)
+        if model is None:
+            self.stats.count_bad_request(unknown_model=False)
+        elif model not in self.models:
+            unknown = self._unknown_model(model)
+            unknown.request_id = getattr(error, "request_id", None)
+            return unknown
+        else:
             self.stats.count(model, "invalid")
-            raise
+        return error
+
+    def _unknown_model(self, model: str) -> UnknownModel:
+        self.stats.count_bad_request(unknown_model=True)
+        return UnknownModel(f"unknown model {model!r}; served: {', '.join(self.models)}")
+
+    def _infer(self, envelope: list[bytes], request: wire.InferRequest) -> None:
+        now = time.monotonic()
+        model, deadline_ms = request.model, request.deadline_ms
+        info = self.models.get(model)
+        if info is None:
+            raise self._unknown_model(model)
+        problem = info.check_inputs(request.inputs)
+        if problem is not None:
+            self.stats.count(model, "invalid")
+            raise InvalidInput(problem)
         if deadline_ms is not None and deadline_ms <= 0:
             self.stats.count(model, "expired")
             raise DeadlineExceeded(f"model {model!r}: deadline_ms={deadline_ms} has already passed")
@@ -362,32 +370,8 @@ class Server:
             if not self._accepting:
                 self.stats.count(model, "rejected")
                 raise ShuttingDown("the server is shutting down and accepts no new requests")
-            self.engine.submit(Submission(model, msg.tensors, now, deadline_s, priority,
-                                          reply_to=(envelope, msg.id)))
-
-    @staticmethod
-    def _check_infer(info: ModelInfo, h: dict, tensors: dict) -> tuple[float | None, Priority | None]:
-        """The request's deadline and priority; InvalidInput if anything does not fit."""
-        try:
-            priority = None if h.get("priority") is None else Priority(h["priority"])
-        except ValueError:
-            raise InvalidInput(f"priority {h['priority']!r} is not realtime or best_effort") \
-                from None
-        deadline_ms = h.get("deadline_ms")
-        if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(
-                deadline_ms, (int, float)) or deadline_ms != deadline_ms):
-            raise InvalidInput(f"deadline_ms must be a number of milliseconds, got {deadline_ms!r}")
-        expected = {t.name for t in info.inputs}
-        if set(tensors) != expected:
-            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise InvalidInput(f"model {info.name!r} takes inputs {sorted(expected)}"
-                               + (f"; missing {missing}" if missing else "")
-                               + (f"; unexpected {extra}" if extra else ""))
-        for spec in info.inputs:
-            problem = spec.check(tensors[spec.name])
-            if problem:
-                raise InvalidInput(f"model {info.name!r}: {problem}")
-        return deadline_ms, priority
+            self.engine.submit(Submission(model, request.inputs, now, deadline_s,
+                                          request.priority, reply_to=(envelope, request.id)))
 
 
 def _peek_id(body: list) -> int | None:

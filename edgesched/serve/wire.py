@@ -7,29 +7,34 @@ INFER request header: {"model", "deadline_ms"?, "priority"?, "inputs": [{"name",
 INFER reply header:   {"outputs": [{"name","dtype","shape"}], "timings": {queue_ms, device_ms, total_ms}}
 Tensors are C-contiguous raw bytes, decoded without a copy (np.frombuffer). No pickle, ever.
 This module knows nothing of sockets: frames are bytes-like objects (bytes, memoryview).
+An INFER request's fields are written (encode_infer) and read (decode_request) only here, and
+checked by one function for both sides (_fields); what needs the model is the server's.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import msgpack
 import numpy as np
 
+from edgesched import dtypes
 from edgesched.errors import InvalidInput
+from edgesched.types import Priority, Timings
 
 PROTOCOL_VERSION = 1
 INFER, MODELS, STATS, PING, ERROR = b"INFER", b"MODELS", b"STATS", b"PING", b"ERROR"
 REQUEST_TYPES = (INFER, MODELS, STATS, PING)
+REPLY_TYPES = REQUEST_TYPES + (ERROR,)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
-# Plain numeric element types only: no object, string or void dtypes can arrive over the wire.
-WIRE_DTYPES = frozenset({"float16", "float32", "float64", "int8", "uint8", "int16", "uint16",
-                         "int32", "uint32", "int64", "uint64", "bool"})
+WIRE_DTYPES = dtypes.NAMES
 # numpy computes dtype.name in Python (~5 us a call): look names and item sizes up instead.
-_NAME_OF = {np.dtype(n): n for n in WIRE_DTYPES}
-_ITEMSIZE = {n: np.dtype(n).itemsize for n in WIRE_DTYPES}
+_NAME_OF = {t.np_dtype: t.name for t in dtypes.TYPES}
+_ITEMSIZE = {t.name: t.itemsize for t in dtypes.TYPES}
+_TIMINGS = tuple(f.name for f in dataclasses.fields(Timings))     # queue_ms, device_ms, total_ms
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,24 @@ class Message:
     kind: bytes
     header: dict
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: Timings | None = None       # an INFER reply's, when the server sent them
 
     @property
     def id(self):
         return self.header.get("id")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One INFER request, its fields checked (`infer_request` on the client, `decode_request`
+    on the server); only what needs the model (its name served, tensors fitting its specs)
+    is left to the server."""
+
+    id: int
+    model: str
+    inputs: Mapping[str, np.ndarray]
+    deadline_ms: float | None = None     # relative to arrival; <= 0: already passed
+    priority: Priority | None = None     # None: the model's own class
 
 
 def pack_header(header: dict) -> bytes:
@@ -58,7 +77,7 @@ def tensor_frames(arrays: Sequence[tuple[str, np.ndarray]]) -> tuple[list[dict],
     return specs, frames
 
 
-def encode(kind: bytes, header: dict, tensors: dict[str, np.ndarray] | None = None,
+def encode(kind: bytes, header: dict, tensors: Mapping[str, np.ndarray] | None = None,
            tensor_key: str = "inputs") -> list:
     """Frames for one message; tensor frames are the arrays themselves (zero-copy send)."""
     if not tensors:
@@ -71,23 +90,122 @@ def encode_error(request_id, error) -> list:
     return [ERROR, pack_header({"id": request_id, "code": error.code, "message": str(error)})]
 
 
+# --- INFER requests and replies -------------------------------------------------------------
+
+def infer_request(request_id: int, model: str, inputs: Mapping[str, np.ndarray],
+                  deadline_ms: float | None = None,
+                  priority: Priority | str | None = None) -> InferRequest:
+    """A request from a caller's Python values: arrays (anything np.asarray takes), a deadline
+    float() takes, a Priority or its value. InvalidInput, as the server would say it."""
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise InvalidInput("inputs must be a non-empty mapping of name -> numpy array")
+    if deadline_ms is not None:
+        try:
+            deadline_ms = float(deadline_ms)
+        except (TypeError, ValueError):
+            pass                               # _fields names the value
+    model, deadline_ms, priority = _fields(model, deadline_ms, priority)
+    return InferRequest(request_id, model, {n: np.asarray(a) for n, a in inputs.items()},
+                        deadline_ms, priority)
+
+
+def encode_infer(request: InferRequest) -> list:
+    header = {"id": request.id, "model": request.model}
+    if request.deadline_ms is not None:
+        header["deadline_ms"] = request.deadline_ms
+    if request.priority is not None:
+        header["priority"] = request.priority.value
+    return encode(INFER, header, request.inputs)
+
+
+def encode_result(request_id: int, outputs: Mapping[str, np.ndarray], timings: Timings) -> list:
+    """An INFER reply: the outputs and where the request's time went."""
+    header = {"id": request_id, "timings": {k: getattr(timings, k) for k in _TIMINGS}}
+    return encode(INFER, header, outputs, tensor_key="outputs")
+
+
+def _fields(model: object, deadline_ms: object,
+            priority: object) -> tuple[str, float | None, Priority | None]:
+    """An INFER request's checked model, deadline_ms and priority, for both sides. A bad
+    deadline or priority carries the model's name (e.model): the server looks the model up
+    first (UnknownModel wins) and counts the error against a served one."""
+    if not isinstance(model, str):
+        raise InvalidInput("INFER header lacks a string 'model'")
+    if priority is not None:
+        try:
+            priority = Priority(priority)
+        except ValueError:
+            raise _about(model, f"priority {priority!r} is not realtime or best_effort") \
+                from None
+    # Any number of milliseconds, inf included (no deadline); NaN compares false to all.
+    if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(
+            deadline_ms, (int, float)) or deadline_ms != deadline_ms):
+        raise _about(model, f"deadline_ms must be a number of milliseconds, got {deadline_ms!r}")
+    return model, deadline_ms, priority
+
+
+def _about(model: str, message: str) -> InvalidInput:
+    error = InvalidInput(message)
+    error.model = model
+    return error
+
+
+def _read_timings(value: object) -> Timings | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            type(value.get(k)) in (int, float) for k in _TIMINGS):     # bool is not a number
+        raise InvalidInput("reply 'timings' must map " + ", ".join(_TIMINGS) + " to numbers")
+    return Timings(*(float(value[k]) for k in _TIMINGS))
+
+
+# --- decoding -------------------------------------------------------------------------------
+
 def decode(frames: Sequence, tensor_key: str = "inputs",
            kinds: Sequence[bytes] = REQUEST_TYPES) -> Message:
-    """Parse one message; any defect raises InvalidInput with a one-line reason."""
+    """Parse one message's frames; any defect raises InvalidInput with a one-line reason."""
+    return _parse(frames, kinds, tensor_key, Message)
+
+
+def decode_request(frames: Sequence) -> Message | InferRequest:
+    """The server's reading of a request: an INFER as an InferRequest, others as a Message."""
+    return _parse(frames, REQUEST_TYPES, "inputs", _request)
+
+
+def decode_reply(frames: Sequence) -> Message:
+    """Parse a reply on the client side (error replies included)."""
+    return _parse(frames, REPLY_TYPES, "outputs", _reply)
+
+
+def _request(kind: bytes, header: dict, tensors: dict) -> Message | InferRequest:
+    if kind != INFER:
+        return Message(kind, header, tensors)
+    model, deadline_ms, priority = _fields(header.get("model"), header.get("deadline_ms"),
+                                           header.get("priority"))
+    return InferRequest(header["id"], model, tensors, deadline_ms, priority)
+
+
+def _reply(kind: bytes, header: dict, tensors: dict) -> Message:
+    timings = _read_timings(header.get("timings")) if kind == INFER else None
+    return Message(kind, header, tensors, timings)
+
+
+def _parse(frames: Sequence, kinds: Sequence[bytes], tensor_key: str,
+           build: Callable[[bytes, dict, dict], object]):
     if len(frames) < 2:
         raise InvalidInput(f"a message needs at least 2 frames (type, header), got {len(frames)}")
     kind = bytes(frames[0])
     if kind not in kinds:
         raise InvalidInput(f"unknown message type {kind[:16]!r}")
-    header = decode_header(frames[1], reply=ERROR in kinds)
+    header = decode_header(frames[1], error_reply=kind == ERROR)
     try:
-        return _decode_body(kind, header, frames, tensor_key)
+        return build(kind, header, _tensors(header, frames, tensor_key))
     except InvalidInput as e:
         e.request_id = header["id"]       # lets the server address its error reply
         raise
 
 
-def _decode_body(kind: bytes, header: dict, frames: Sequence, tensor_key: str) -> Message:
+def _tensors(header: dict, frames: Sequence, tensor_key: str) -> dict[str, np.ndarray]:
     specs = header.get(tensor_key, [])
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise InvalidInput(f"header field {tensor_key!r} must be a list of at most "
@@ -99,12 +217,12 @@ def _decode_body(kind: bytes, header: dict, frames: Sequence, tensor_key: str) -
                    enumerate(zip(specs, frames[2:])))
     if len(tensors) != len(specs):
         raise InvalidInput("tensor names repeat: " + ", ".join(s["name"] for s in specs))
-    return Message(kind, header, tensors)
+    return tensors
 
 
-def decode_header(frame, reply: bool = False) -> dict:
-    """A request header must carry an integer id; an error reply may carry None (the server
-    could not read the request it answers)."""
+def decode_header(frame, error_reply: bool = False) -> dict:
+    """A header must carry an integer id; only an ERROR reply may carry None (the server could
+    not read the request it answers)."""
     if len(frame) > MAX_HEADER_BYTES:
         raise InvalidInput(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
@@ -117,7 +235,7 @@ def decode_header(frame, reply: bool = False) -> dict:
         raise InvalidInput(f"protocol version {header.get('v')!r} is not supported "
                            f"(this server speaks {PROTOCOL_VERSION})")
     rid = header.get("id")
-    if not (isinstance(rid, int) and not isinstance(rid, bool) or reply and rid is None
+    if not (isinstance(rid, int) and not isinstance(rid, bool) or error_reply and rid is None
             and "id" in header):
         raise InvalidInput("header lacks an integer 'id'")
     return header
@@ -139,8 +257,3 @@ def _tensor(spec: object, frame, i: int) -> tuple[str, np.ndarray]:
         raise InvalidInput(f"tensor {name!r}: {buffer.nbytes} bytes do not match dtype {dtype} "
                            f"and shape {shape} ({expected} bytes)")
     return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
-
-
-def decode_reply(frames: Sequence) -> Message:
-    """Parse a reply on the client side (error replies included)."""
-    return decode(frames, tensor_key="outputs", kinds=REQUEST_TYPES + (ERROR,))

@@ -1,5 +1,5 @@
 """Faults in the engine on the fake backend's virtual clock: slices that fail or hang, the
-launch timeout, stuck streams, and the per-model circuit breaker (edgesched.health).
+launch timeout, stuck streams, and the per-model circuit breaker (edgesched.sched.health).
 
 A fake launch with duration None never ends until the test says so: that is a hung slice.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from edgesched.errors import ModelUnavailable, ServerError
-from edgesched.health import Health
+from edgesched.sched.health import Health
+from tests.engine_harness import RT, Harness, engine_id
 from tests.fakes import model_info
-from tests.unit.test_engine import RT, Harness, engine_id
 
 TIMEOUT_S = 1.0
 RETRY_S = 4.0

@@ -1,4 +1,4 @@
-"""The TensorRT backend against fake tensorrt / pycuda / CUDA driver modules (tests/fakes_cuda.py).
+"""The TensorRT backend against fake tensorrt / pycuda / CUDA driver modules (tests/fakes_cuda/).
 
 The fakes record every call and check the CUDA contract (primary context pushed on every CUDA
 thread, priority non-blocking streams, every tensor bound before a launch, events after each
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgesched.backends import create_backend, resolve_backend_name
+from edgesched.backends.base import Doorbell
 from edgesched.backends.tensorrt import TensorRTBackend
 from edgesched.engine import Engine, Submission
 from edgesched.errors import BackendUnavailable, ModelLoadError, ServerError
@@ -264,10 +265,12 @@ def test_instances_run_at_once_and_a_busy_slice_fails_only_its_launch(cuda, tmp_
         backend.release(rid)
 
 
-def test_wake_ends_a_waiting_poll(cuda):
+def test_a_ring_of_the_bound_doorbell_ends_a_waiting_poll(cuda):
     cuda.install()
     backend = cuda.make(streams=1)
-    timer = threading.Timer(0.05, backend.wake)
+    doorbell = Doorbell()
+    backend.bind(doorbell)
+    timer = threading.Timer(0.05, doorbell.ring)
     timer.start()
     start = time.monotonic()
     assert backend.poll(5.0) == []

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgesched.backends.base import WAKE, LoadedModel, drain
+from edgesched.backends.base import CompletionQueue, Doorbell, LoadedModel
 from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.build import _import_trt
 from edgesched.backends.tensorrt.memory import Pool as _Pool
@@ -100,7 +100,7 @@ class TensorRTBackend:
         self._engines: dict[Path, object] = {}
         self._models: dict[str, _Model] = {}
         self._requests: dict[int, _Request] = {}
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = CompletionQueue()
         self._work: list[queue.SimpleQueue] = []
         self._waiters: list[threading.Thread] = []
         self._pool: _Pool | None = None
@@ -360,7 +360,10 @@ class TensorRTBackend:
             self._cuda.Context.pop()
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        return [self._finish(flight) for flight in drain(self._done, timeout_s)]
+        return [self._finish(flight) for flight in self._done.take(timeout_s)]
+
+    def bind(self, doorbell: Doorbell) -> None:
+        self._done.doorbell = doorbell
 
     def _finish(self, flight: _Flight) -> Completion:
         """Back on the engine thread: the GPU is done with the launch's context and buffers."""
@@ -398,9 +401,6 @@ class TensorRTBackend:
             self._pool.give(tensor.buf)
         request.tensors.clear()
 
-    def wake(self) -> None:
-        self._done.put(WAKE)
-
     def close(self) -> None:
         """Stop the waiters (after the launches they hold), then free everything in the
         primary context and release it. Idempotent; problems are logged, not raised."""
@@ -431,8 +431,7 @@ class TensorRTBackend:
             self._ctx = None
 
     def _free_everything(self) -> None:
-        while not self._done.empty():                # flights hold execution contexts
-            self._done.get_nowait()
+        self._done.take(0.0)                         # flights hold execution contexts
         self._requests.clear()
         self._models.clear()                         # execution contexts, then engines, runtime
         self._engines.clear()

@@ -1,0 +1,70 @@
+"""Fake `tensorrt`, `pycuda.driver` and CUDA driver API (cuda-python, and libcuda.so.1 through
+ctypes) on one simulated GPU, for testing the TensorRT backend without a device.
+
+The fakes mirror the real Python APIs the backend uses (names, argument and return
+conventions: cuda-python returns (CUresult, *outputs); pycuda's async calls take only pycuda
+Stream objects; TensorRT's `deserialize_cuda_engine` returns None on a bad engine). They
+RECORD every call in `FakeGpu.calls` (op, thread, args) and CHECK the contract the backend
+promises; a broken rule is appended to `FakeGpu.violations`, which tests assert stays empty:
+  - every CUDA-calling thread has the device's PRIMARY context pushed (retained, not a new one:
+    `Device.make_context`, `pycuda.driver.Stream()` and importing `pycuda.autoinit` are
+    violations), and pushes/pops balance;
+  - `execute_async_v3` runs on a live, non-blocking, non-default stream, with an address set
+    for every I/O tensor of the engine and every dynamic input's shape set; the addresses are
+    live allocations big enough for the tensor, device memory on a discrete GPU;
+  - an execution context is never used by two launches at once, and every launch is followed
+    by an event record on its stream (`check_quiescent`);
+  - events are made with BLOCKING_SYNC (synchronize sleeps, no spinning); `cuEventQuery` calls
+    are counted so tests can assert no busy polling;
+  - async copies go between pinned host memory and device memory on a created stream.
+The GPU "runs" work at enqueue time, in stream order: copies move bytes, and a fake engine
+computes each output as (its source input + a constant) with numpy on the memory behind the
+bound addresses. Completion is separate: an event recorded while `hold()` is in force stays
+pending until `release()`, so tests can keep launches "running".
+Fake engines are JSON blobs made by `engine_blob`: a blob for another TensorRT major version
+does not deserialize (None), like a real engine built by another TensorRT.
+
+Layout (everything is re-exported here, so `from tests.fakes_cuda import X` works for all):
+  gpu.py               FakeGpu (the device, driver state, contract checks), Call, Allocation,
+                       Stream, Event and the CUresult / flag constants
+  pycuda_driver.py     make_pycuda: `pycuda` and `pycuda.driver`; the pycuda.autoinit guard
+  driver_api.py        make_cuda_python (`cuda.bindings.driver` / `cuda.cuda`), FakeLibCuda
+  tensorrt_runtime.py  make_tensorrt, engine_blob, write_engine
+  installer.py         install (puts the fakes in sys.modules), FakeCuda
+The fakes read their constants from gpu.py: monkeypatch `tests.fakes_cuda.gpu.SYNC_TIMEOUT_S`,
+not the re-exported name here.
+"""
+from tests.fakes_cuda.driver_api import FakeLibCuda, make_cuda_python
+from tests.fakes_cuda.gpu import (
+    BLOCKING_SYNC,
+    DEFAULT_STREAMS,
+    DEVICEMAP,
+    DISABLE_TIMING,
+    ERROR_NAMES,
+    INVALID_CONTEXT,
+    INVALID_HANDLE,
+    INVALID_VALUE,
+    NON_BLOCKING,
+    NOT_READY,
+    SUCCESS,
+    SYNC_TIMEOUT_S,
+    Allocation,
+    Call,
+    Event,
+    FakeGpu,
+    Stream,
+)
+from tests.fakes_cuda.installer import FakeCuda, install
+from tests.fakes_cuda.pycuda_driver import _AutoinitGuard, make_pycuda  # noqa: F401
+from tests.fakes_cuda.tensorrt_runtime import engine_blob, make_tensorrt, write_engine
+
+__all__ = [
+    "SUCCESS", "INVALID_VALUE", "INVALID_CONTEXT", "INVALID_HANDLE", "NOT_READY", "ERROR_NAMES",
+    "DEFAULT_STREAMS", "NON_BLOCKING", "BLOCKING_SYNC", "DISABLE_TIMING", "DEVICEMAP",
+    "SYNC_TIMEOUT_S",
+    "Call", "Allocation", "Stream", "Event", "FakeGpu",                      # gpu.py
+    "make_pycuda",                                                           # pycuda_driver.py
+    "make_cuda_python", "FakeLibCuda",                                       # driver_api.py
+    "engine_blob", "write_engine", "make_tensorrt",                          # tensorrt_runtime.py
+    "FakeCuda", "install",                                                   # installer.py
+]

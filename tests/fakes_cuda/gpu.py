@@ -1,0 +1,291 @@
+"""The simulated GPU: driver state, memory, streams and events, and the contract checks."""
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+SUCCESS, INVALID_VALUE, INVALID_CONTEXT, INVALID_HANDLE, NOT_READY = 0, 1, 201, 400, 600
+ERROR_NAMES = {SUCCESS: "CUDA_SUCCESS", INVALID_VALUE: "CUDA_ERROR_INVALID_VALUE",
+               INVALID_CONTEXT: "CUDA_ERROR_INVALID_CONTEXT",
+               INVALID_HANDLE: "CUDA_ERROR_INVALID_HANDLE", NOT_READY: "CUDA_ERROR_NOT_READY"}
+DEFAULT_STREAMS = (0, 1, 2)           # NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD
+NON_BLOCKING, BLOCKING_SYNC, DISABLE_TIMING = 0x1, 0x1, 0x2
+DEVICEMAP = 0x2
+SYNC_TIMEOUT_S = 10.0                 # a fake event that never completes: fail, don't hang
+
+
+@dataclass
+class Call:
+    op: str
+    thread: str
+    args: tuple
+
+
+@dataclass
+class Allocation:
+    kind: str                         # "device" | "mapped" (pinned + device-mapped) | "pinned"
+    array: np.ndarray                 # the bytes (uint8)
+    device_ptr: int                   # 0 for plain pinned host memory
+    freed: bool = False
+
+    @property
+    def host_ptr(self) -> int:
+        return self.array.ctypes.data if self.kind != "device" else 0
+
+
+@dataclass
+class Stream:
+    handle: int
+    flags: int
+    priority: int
+    destroyed: bool = False
+    unrecorded: list = field(default_factory=list)   # contexts executed since the last record
+
+
+@dataclass
+class Event:
+    handle: int
+    flags: int
+    done: threading.Event = field(default_factory=threading.Event)
+    recorded_on: int | None = None
+    destroyed: bool = False
+
+
+class FakeGpu:
+    """The simulated device and its driver state, shared by all the fake modules."""
+
+    def __init__(self, integrated: bool = True, priority_range: tuple[int, int] = (0, -5)):
+        self.integrated = integrated
+        self.least, self.greatest = priority_range
+        self.calls: list[Call] = []
+        self.violations: list[str] = []
+        self.fail_execute: Callable[[str, dict], bool] | None = None
+        self.retains = 0
+        self.primary = None               # the pycuda Context object of the primary context
+        self.streams: dict[int, Stream] = {}
+        self.events: dict[int, Event] = {}
+        self.device: dict[int, Allocation] = {}     # device address -> allocation
+        self.host: dict[int, Allocation] = {}       # host address -> pinned/mapped allocation
+        self.contexts: list = []                    # every execution context created
+        self._stacks: dict[int, list] = {}          # thread ident -> context stack
+        self._lock = threading.RLock()
+        self._hold = False
+        self._pending: list[Event] = []
+        self._handles = itertools.count(0x7000_0000, 0x100)
+        self._addresses = itertools.count(0x7F00_0000_0000, 1 << 24)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    def record(self, op: str, *args) -> None:
+        with self._lock:
+            self.calls.append(Call(op, threading.current_thread().name, args))
+
+    def violate(self, text: str) -> None:
+        with self._lock:
+            self.violations.append(f"{text} [thread {threading.current_thread().name}]")
+
+    def named(self, op: str) -> list[Call]:
+        return [c for c in self.calls if c.op == op]
+
+    def need_context(self, op: str) -> bool:
+        stack = self._stacks.get(threading.get_ident(), [])
+        if not stack or stack[-1] is not self.primary or self.retains <= 0:
+            self.violate(f"{op} without the retained primary context pushed on this thread")
+            return False
+        return True
+
+    def push(self, ctx) -> None:
+        self.record("ctx.push")
+        with self._lock:
+            self._stacks.setdefault(threading.get_ident(), []).append(ctx)
+
+    def pop(self):
+        self.record("ctx.pop")
+        with self._lock:
+            stack = self._stacks.get(threading.get_ident())
+            if not stack:
+                raise self.pycuda_error("cuCtxPopCurrent failed: invalid context")
+            return stack.pop()
+
+    def unbalanced(self) -> dict[int, int]:
+        return {t: len(s) for t, s in self._stacks.items() if s}
+
+    def handle(self) -> int:
+        return next(self._handles)
+
+    def hold(self) -> None:
+        """Events recorded from now on stay pending until release()."""
+        self._hold = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._hold = False
+            pending, self._pending = self._pending, []
+        for event in pending:
+            event.done.set()
+
+    def live_allocations(self) -> list[Allocation]:
+        seen = {id(a): a for a in [*self.device.values(), *self.host.values()]}
+        return [a for a in seen.values() if not a.freed]
+
+    def check_quiescent(self) -> None:
+        """After a test: every launch was followed by an event record on its stream."""
+        for stream in self.streams.values():
+            if stream.unrecorded:
+                self.violate(f"stream {stream.handle:#x}: a launch with no event recorded after")
+
+    pycuda_error: Callable[[str], Exception] = staticmethod(RuntimeError)   # set by make_pycuda
+
+    # --- memory -----------------------------------------------------------------------------
+    def allocate(self, kind: str, nbytes: int) -> Allocation:
+        self.need_context(f"allocate {kind}")
+        array = np.zeros(max(int(nbytes), 1), np.uint8)
+        device_ptr = next(self._addresses) if kind in ("device", "mapped") else 0
+        alloc = Allocation(kind, array, device_ptr)
+        with self._lock:
+            if device_ptr:
+                self.device[device_ptr] = alloc
+            if kind != "device":
+                self.host[alloc.host_ptr] = alloc
+        self.record("alloc", kind, nbytes, device_ptr or alloc.host_ptr)
+        return alloc
+
+    def free(self, alloc: Allocation) -> None:
+        self.need_context(f"free {alloc.kind}")
+        if alloc.freed:
+            self.violate(f"{alloc.kind} allocation freed twice")
+        alloc.freed = True
+        self.record("free", alloc.kind, alloc.device_ptr or alloc.host_ptr)
+
+    def device_view(self, ptr: int, nbytes: int, what: str) -> np.ndarray | None:
+        alloc = self.device.get(ptr)
+        if alloc is None or alloc.freed:
+            self.violate(f"{what}: {ptr:#x} is not a live device-visible allocation")
+            return None
+        if alloc.array.size < nbytes:
+            self.violate(f"{what}: {nbytes} bytes do not fit the {alloc.array.size} at {ptr:#x}")
+            return None
+        if not self.integrated and alloc.kind != "device":
+            self.violate(f"{what}: {alloc.kind} host memory used by the kernels of a discrete GPU")
+        return alloc.array[:nbytes]
+
+    # --- driver API (what cuda-python and libcuda share); `via` names the binding ----------------
+    def _live_stream(self, handle: int, op: str) -> Stream | None:
+        if handle in DEFAULT_STREAMS:
+            self.violate(f"{op} on the default stream")
+            return None
+        stream = self.streams.get(handle)
+        if stream is None or stream.destroyed:
+            self.violate(f"{op} on {handle:#x}, not a live stream")
+            return None
+        return stream
+
+    def cu_priority_range(self, via: str) -> tuple[int, int, int]:
+        self.record("cuCtxGetStreamPriorityRange", via)
+        if not self.need_context("cuCtxGetStreamPriorityRange"):
+            return INVALID_CONTEXT, 0, 0
+        return SUCCESS, self.least, self.greatest
+
+    def cu_stream_create(self, via: str, flags: int, priority: int) -> tuple[int, int]:
+        self.record("cuStreamCreateWithPriority", via, int(flags), int(priority))
+        if not self.need_context("cuStreamCreateWithPriority"):
+            return INVALID_CONTEXT, 0
+        clamped = min(max(int(priority), self.greatest), self.least)
+        stream = Stream(self.handle(), int(flags), clamped)
+        self.streams[stream.handle] = stream
+        return SUCCESS, stream.handle
+
+    def cu_stream_destroy(self, via: str, handle: int) -> int:
+        self.record("cuStreamDestroy", via, handle)
+        self.need_context("cuStreamDestroy")
+        stream = self.streams.get(handle)
+        if stream is None or stream.destroyed:
+            self.violate(f"cuStreamDestroy of {handle:#x}, not a live stream")
+            return INVALID_HANDLE
+        stream.destroyed = True
+        return SUCCESS
+
+    def cu_stream_synchronize(self, via: str, handle: int) -> int:
+        self.record("cuStreamSynchronize", via, handle)
+        self.need_context("cuStreamSynchronize")
+        return SUCCESS if self._live_stream(handle, "cuStreamSynchronize") else INVALID_HANDLE
+
+    def cu_event_create(self, via: str, flags: int) -> tuple[int, int]:
+        self.record("cuEventCreate", via, int(flags))
+        if not self.need_context("cuEventCreate"):
+            return INVALID_CONTEXT, 0
+        if not int(flags) & BLOCKING_SYNC:
+            self.violate("an event without BLOCKING_SYNC: synchronize would spin a CPU core")
+        event = Event(self.handle(), int(flags))
+        self.events[event.handle] = event
+        return SUCCESS, event.handle
+
+    def cu_event_record(self, via: str, handle: int, stream_handle: int) -> int:
+        self.record("cuEventRecord", via, handle, stream_handle)
+        self.need_context("cuEventRecord")
+        event, stream = self.events.get(handle), self._live_stream(stream_handle, "cuEventRecord")
+        if event is None or event.destroyed or stream is None:
+            return INVALID_HANDLE
+        event.done = threading.Event()          # a re-record starts a new completion
+        event.recorded_on = stream_handle
+        for context in stream.unrecorded:
+            context.busy = event.done
+        stream.unrecorded.clear()
+        with self._lock:
+            if self._hold:
+                self._pending.append(event)
+            else:
+                event.done.set()
+        return SUCCESS
+
+    def cu_event_synchronize(self, via: str, handle: int) -> int:
+        self.record("cuEventSynchronize", via, handle)
+        self.need_context("cuEventSynchronize")
+        event = self.events.get(handle)
+        if event is None or event.destroyed:
+            self.violate(f"cuEventSynchronize of {handle:#x}, not a live event")
+            return INVALID_HANDLE
+        if event.recorded_on is not None and not event.done.wait(SYNC_TIMEOUT_S):
+            self.violate("cuEventSynchronize: the event never completed (held?)")
+            return INVALID_HANDLE
+        return SUCCESS
+
+    def cu_event_query(self, via: str, handle: int) -> int:
+        self.record("cuEventQuery", via, handle)
+        event = self.events.get(handle)
+        return SUCCESS if event is None or event.done.is_set() else NOT_READY
+
+    def cu_event_destroy(self, via: str, handle: int) -> int:
+        self.record("cuEventDestroy", via, handle)
+        self.need_context("cuEventDestroy")
+        event = self.events.get(handle)
+        if event is None or event.destroyed:
+            self.violate(f"cuEventDestroy of {handle:#x}, not a live event")
+            return INVALID_HANDLE
+        event.destroyed = True
+        return SUCCESS
+
+    def cu_memcpy(self, via: str, direction: str, dst: int, src: int, nbytes: int,
+                  stream_handle: int) -> int:
+        op = f"cuMemcpy{direction}Async"
+        self.record(op, via, dst, src, int(nbytes), stream_handle)
+        self.need_context(op)
+        if self._live_stream(stream_handle, op) is None:
+            return INVALID_HANDLE
+        host_ptr, dev_ptr = (src, dst) if direction == "HtoD" else (dst, src)
+        host = self.host.get(host_ptr)
+        if host is None or host.freed:
+            self.violate(f"{op}: {host_ptr:#x} is not live pinned host memory (pageable memory "
+                         "makes the copy synchronous)")
+            return INVALID_VALUE
+        device = self.device_view(dev_ptr, int(nbytes), op)
+        if device is None or host.array.size < nbytes:
+            return INVALID_VALUE
+        if direction == "HtoD":
+            device[:] = host.array[:nbytes]
+        else:
+            host.array[:nbytes] = device
+        return SUCCESS

@@ -1,0 +1,198 @@
+"""Fake `pycuda` / `pycuda.driver` on the simulated GPU, and the pycuda.autoinit guard."""
+from __future__ import annotations
+
+import builtins
+import enum
+import importlib.abc
+import importlib.machinery
+import threading
+import types
+
+import numpy as np
+
+from tests.fakes_cuda.gpu import DEVICEMAP, Allocation, FakeGpu
+
+# --- pycuda --------------------------------------------------------------------------------------
+
+class _AutoinitGuard(importlib.abc.MetaPathFinder):
+    """Importing pycuda.autoinit is a violation (it creates a second, non-primary context)."""
+
+    def __init__(self, gpu: FakeGpu):
+        self.gpu = gpu
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "pycuda.autoinit":
+            self.gpu.violate("import pycuda.autoinit: it makes a new context, not the primary")
+            raise ImportError("pycuda.autoinit is blocked by tests/fakes_cuda/pycuda_driver.py")
+        return None
+
+
+def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
+    package = types.ModuleType("pycuda")
+    package.__path__ = []
+    package.__spec__ = importlib.machinery.ModuleSpec("pycuda", None, is_package=True)
+    drv = types.ModuleType("pycuda.driver")
+    drv.__spec__ = importlib.machinery.ModuleSpec("pycuda.driver", None)
+    package.driver = drv
+
+    class Error(Exception):
+        pass
+
+    class LogicError(Error):
+        pass
+
+    class MemoryError(Error, builtins.MemoryError):   # noqa: A001 - pycuda's own name
+        pass
+
+    gpu.pycuda_error = LogicError
+
+    class device_attribute(enum.IntEnum):
+        MULTIPROCESSOR_COUNT = 16
+        INTEGRATED = 18
+        CAN_MAP_HOST_MEMORY = 19
+
+    class event_flags(enum.IntEnum):
+        DEFAULT = 0
+        BLOCKING_SYNC = 1
+        DISABLE_TIMING = 2
+
+    class host_alloc_flags:
+        PORTABLE, DEVICEMAP, WRITECOMBINED = 1, DEVICEMAP, 4
+
+    def init(flags: int = 0) -> None:
+        gpu.record("cuInit", flags)
+
+    def get_driver_version() -> int:
+        return 12020                       # CUDA 12.2 (JetPack 6), encoded as the driver does
+
+    class Context:
+        def __init__(self, primary: bool):
+            self.primary = primary
+
+        def push(self) -> None:
+            gpu.push(self)
+
+        @staticmethod
+        def pop() -> None:
+            gpu.pop()
+
+        def detach(self) -> None:
+            gpu.record("ctx.detach", self.primary)
+            if self.primary:
+                gpu.retains -= 1
+
+        @staticmethod
+        def get_current():
+            stack = gpu._stacks.get(threading.get_ident())
+            return stack[-1] if stack else None
+
+    class Device:
+        def __init__(self, ordinal: int):
+            if ordinal != 0:
+                raise LogicError("cuDeviceGet failed: invalid device ordinal")
+
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def name(self) -> str:
+            return "Fake Orin (integrated)" if gpu.integrated else "Fake discrete GPU"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return (8, 7) if gpu.integrated else (9, 0)
+
+        def get_attribute(self, attr) -> int:
+            if not isinstance(attr, device_attribute):
+                raise TypeError("get_attribute takes a pycuda.driver.device_attribute")
+            return {device_attribute.INTEGRATED: int(gpu.integrated),
+                    device_attribute.CAN_MAP_HOST_MEMORY: 1,
+                    device_attribute.MULTIPROCESSOR_COUNT: 8}[attr]
+
+        def retain_primary_context(self) -> Context:
+            gpu.record("retain_primary_context")
+            if gpu.primary is None:
+                gpu.primary = Context(primary=True)
+            gpu.retains += 1
+            return gpu.primary
+
+        def make_context(self, flags: int = 0) -> Context:
+            gpu.violate("Device.make_context: a new context, not the primary one")
+            return Context(primary=False)
+
+    class Stream:
+        """pycuda's Stream: no priority argument, so using it is a violation here."""
+
+        def __init__(self, flags: int = 0):
+            gpu.violate("pycuda.driver.Stream(): it cannot take a priority")
+            self.handle = gpu.handle()
+
+    def _pycuda_stream(stream, op: str) -> None:
+        if stream is None:
+            gpu.violate(f"{op} on the default stream")
+        elif not isinstance(stream, Stream):   # Boost.Python ArgumentError is a TypeError
+            raise TypeError(f"{op}: stream must be a pycuda.driver.Stream, not "
+                            f"{type(stream).__name__}")
+
+    class Event:
+        def __init__(self, flags: int = 0):
+            gpu.record("pycuda.Event", int(flags))
+
+        def record(self, stream=None):
+            _pycuda_stream(stream, "Event.record")
+            return self
+
+        def synchronize(self):
+            return self
+
+        def query(self) -> bool:
+            gpu.record("pycuda.Event.query")
+            return True
+
+    class HostAllocation:
+        """pagelocked_empty's array.base: numpy sees the bytes through __array_interface__."""
+
+        def __init__(self, alloc: Allocation, shape: tuple, dtype: np.dtype):
+            self._alloc = alloc
+            self.__array_interface__ = {"data": (alloc.host_ptr, False), "shape": shape,
+                                        "typestr": dtype.str, "version": 3}
+
+        def get_device_pointer(self) -> int:
+            gpu.need_context("cuMemHostGetDevicePointer")
+            if self._alloc.kind != "mapped":
+                raise LogicError("cuMemHostGetDevicePointer failed: invalid value (not "
+                                 "allocated with host_alloc_flags.DEVICEMAP)")
+            return self._alloc.device_ptr
+
+        def free(self) -> None:
+            gpu.free(self._alloc)
+
+    def pagelocked_empty(shape, dtype, order: str = "C", mem_flags: int = 0) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        alloc = gpu.allocate("mapped" if mem_flags & DEVICEMAP else "pinned", nbytes)
+        return np.asarray(HostAllocation(alloc, shape, dtype))
+
+    class DeviceAllocation:
+        def __init__(self, alloc: Allocation):
+            self._alloc = alloc
+
+        def __int__(self) -> int:
+            return self._alloc.device_ptr
+
+        def free(self) -> None:
+            gpu.free(self._alloc)
+
+    def mem_alloc(nbytes: int) -> DeviceAllocation:
+        return DeviceAllocation(gpu.allocate("device", nbytes))
+
+    def memcpy_htod_async(dest, src, stream=None) -> None:
+        _pycuda_stream(stream, "memcpy_htod_async")
+
+    def memcpy_dtoh_async(dest, src, stream=None) -> None:
+        _pycuda_stream(stream, "memcpy_dtoh_async")
+
+    for name, value in list(locals().items()):
+        if name not in ("gpu", "package", "drv", "name", "value") and not name.startswith("_"):
+            setattr(drv, name, value)
+    return package, drv
