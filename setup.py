@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = next(line.split('"')[1] for line in
-               (HERE / "edgesched" / "__init__.py").read_text().splitlines()
+               (HERE / "edgesched" / "version.py").read_text().splitlines()
                if line.startswith("__version__"))
 
 

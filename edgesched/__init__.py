@@ -5,9 +5,7 @@ msgpack) loads on first use of `edgesched.Client`, so `import edgesched.sched` s
 Device libraries (tensorrt, pycuda, cuda-python, jtop, onnxruntime) are imported by the one
 module using each.
 """
-__version__ = "0.1.0"
-
-from edgesched.errors import (  # noqa: E402  (the version must exist before submodules load)
+from edgesched.errors import (
     ConfigError,
     DeadlineExceeded,
     EdgeschedError,
@@ -22,7 +20,8 @@ from edgesched.errors import (  # noqa: E402  (the version must exist before sub
     ShuttingDown,
     UnknownModel,
 )
-from edgesched.types import Priority, Timings  # noqa: E402
+from edgesched.types import Priority, Timings
+from edgesched.version import __version__
 
 __all__ = [
     "AsyncClient", "Client", "Pending", "Priority", "Timings", "ConfigError", "DeadlineExceeded",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -86,6 +87,25 @@ class ModelInfo:
     priority: Priority
     instances: int                   # concurrent requests one slice may run at once
     source: str = ""                 # the file or directory it was loaded from
+
+    def check_inputs(self, tensors: Mapping[str, np.ndarray]) -> str | None:
+        """Why `tensors` are not a request's inputs to this model (the names, then each
+        TensorSpec.check), or None when they are."""
+        expected = self._input_names
+        if tensors.keys() != expected:
+            missing, extra = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+            return (f"model {self.name!r} takes inputs {sorted(expected)}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; unexpected {extra}" if extra else ""))
+        for spec in self.inputs:
+            problem = spec.check(tensors[spec.name])
+            if problem:
+                return f"model {self.name!r}: {problem}"
+        return None
+
+    @functools.cached_property
+    def _input_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.inputs)
 
     def to_wire(self) -> dict:
         return {"name": self.name, "inputs": [t.to_wire() for t in self.inputs],

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgesched.devices import SPECS, DeviceSpec  # noqa: F401 (SPECS: re-exported)
+from edgesched.devices import SPECS, DeviceSpec  # sim.py and tests import them from here
 from edgesched.modelfiles.costmodel import analyze
 
 # Ops that TensorRT fuses into the producing kernel's epilogue (pointwise on its output).

@@ -131,7 +131,7 @@ class _Served:
     def __call__(self) -> None:
         pending = self._client.submit(self._model, self._inputs)
         pending.result()
-        self.inside_s.append(pending.timings["total_ms"] / 1e3)
+        self.inside_s.append(pending.timings.total_ms / 1e3)
 
     def close(self) -> None:
         self._client.close()
@@ -155,7 +155,7 @@ def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200)
     rng = np.random.default_rng(0)
     inputs = {t.name: rng.random([d or 1 for d in t.shape]).astype(t.dtype)
               for t in loaded.inputs}
-    frames = wire.encode(wire.INFER, {"id": 1, "model": model}, inputs)
+    frames = wire.encode_infer(wire.infer_request(1, model, inputs))
     rounds = 10      # interleaved, so a noisy neighbour hits all three paths alike
     a, b, c = [], [], []
     with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:

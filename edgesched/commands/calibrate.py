@@ -15,7 +15,6 @@ import platform
 from pathlib import Path
 from typing import Callable
 
-from edgesched import __version__
 from edgesched.backends import create_backend, load_models, resolve_backend_name
 from edgesched.backends.sim import SimBackend
 from edgesched.commands.measure import measure_profile
@@ -25,6 +24,7 @@ from edgesched.errors import BackendUnavailable
 from edgesched.profiles import current_conditions
 from edgesched.sched.profile import Profile
 from edgesched.types import BackendName
+from edgesched.version import __version__
 
 log = logging.getLogger("edgesched.commands.calibrate")
 CALIBRATION_STREAMS = 3      # profiling co-runs on streams 1 and 2 (0 is the priority stream)

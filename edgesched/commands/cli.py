@@ -12,12 +12,12 @@ import sys
 import threading
 from pathlib import Path
 
-from edgesched import __version__
 from edgesched.commands.table import format_table
 from edgesched.config import default_endpoint, load_config, validate_endpoint
 from edgesched.errors import ConfigError, EdgeschedError
 from edgesched.paths import default_config
 from edgesched.sched import POLICIES
+from edgesched.version import __version__
 
 EXIT_USAGE = 2
 

@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgesched import __version__
 from edgesched.paths import shipped
+from edgesched.version import __version__
 
 EXAMPLE = "engines/examples/attention.onnx"   # small, FP32-exact enough to compare
 TOLERANCE = 1e-3                             # max |TensorRT - ONNX Runtime| (FP32 tactics)

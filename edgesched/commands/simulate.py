@@ -9,6 +9,7 @@ Every figure this module reports is simulated.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesched.backends import load_models
 from edgesched.backends.sim import SimBackend
 from edgesched.backends.sim_device import spec_for
 from edgesched.commands.measure import measure_profile
@@ -54,14 +56,9 @@ def _prepare(workload: Workload, tmp: Path) -> dict[str, Path]:
 
 def _load(backend: SimBackend, workload: Workload, paths: dict[str, Path],
           only: set[str] | None = None) -> dict[str, ModelInfo]:
-    infos = {}
-    for m in workload.models:
-        if only is not None and m.name not in only:
-            continue
-        loaded = backend.load(m.name, paths[m.name], m.instances)
-        infos[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
-                                  m.slo_ms, m.priority, m.instances, str(m.path))
-    return infos
+    """The workload's models from their sliced files (`paths`), `only` those if given."""
+    return load_models(backend, [dataclasses.replace(m, path=paths[m.name])
+                                 for m in workload.models if only is None or m.name in only])
 
 
 def _load_profiled(backend: SimBackend, workload: Workload, profile: Profile,

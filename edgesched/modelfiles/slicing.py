@@ -245,8 +245,8 @@ def _spec(info: onnx.ValueInfoProto) -> TensorSpec:
     tensor = info.type.tensor_type
     try:
         dtype = dtypes.from_onnx(tensor.elem_type).name
-    except dtypes.UnsupportedDtype as e:
-        raise ModelLoadError(f"model tensor {info.name!r}: {e}") from None
+    except dtypes.UnsupportedDtype as e:    # slice_model names the file
+        raise dtypes.UnsupportedDtype(f"model tensor {info.name!r}: {e}") from None
     shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                   for d in tensor.shape.dim)
     return TensorSpec(info.name, dtype, shape)
@@ -338,6 +338,11 @@ def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | N
     graph = _Graph(model)
     plan = plan_slices(model, parts, measured_us)
     infos = _value_infos(model)
+    try:        # before anything is written: a model edgesched cannot serve leaves no files
+        specs = (tuple(_spec(infos[x]) for x in graph.inputs),
+                 tuple(_spec(infos[x]) for x in graph.outputs))
+    except dtypes.UnsupportedDtype as e:
+        raise ModelLoadError(f"{path}: {e}") from None
     _, node_costs = _node_costs_us(model, graph, measured_us)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,8 +358,7 @@ def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | N
                 "est_us": round(est_us, 3), "nodes": end - start}
         entries.append(SliceEntry(k, file, tuple(inputs), tuple(outputs), cost))
     # `source` is recorded as given (not resolved): shipped manifests stay machine-independent.
-    manifest = Manifest(name or Path(path).stem, Path(path).name,
-                        tuple(_spec(infos[x]) for x in graph.inputs),
-                        tuple(_spec(infos[x]) for x in graph.outputs), tuple(entries), out_dir)
+    manifest = Manifest(name or Path(path).stem, Path(path).name, *specs, tuple(entries),
+                        out_dir)
     write_manifest(manifest)
     return manifest, plan

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from edgesched import __version__, endpoints
+from edgesched import endpoints
 from edgesched.backends import Backend, create_backend, load_models
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
@@ -31,11 +31,12 @@ from edgesched.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from edgesched.sched.health import Health
 from edgesched.profiles import choose_profile
 from edgesched.sched import make_policy
+from edgesched.sched.health import Health
 from edgesched.serve import access, wire
 from edgesched.serve.systemd import Notifier
+from edgesched.version import __version__
 
 log = logging.getLogger("edgesched.server")
 _BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair

@@ -12,7 +12,6 @@ checked by one function for both sides (_fields); what needs the model is the se
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -34,7 +33,8 @@ WIRE_DTYPES = dtypes.NAMES
 # numpy computes dtype.name in Python (~5 us a call): look names and item sizes up instead.
 _NAME_OF = {t.np_dtype: t.name for t in dtypes.TYPES}
 _ITEMSIZE = {t.name: t.itemsize for t in dtypes.TYPES}
-_TIMINGS = tuple(f.name for f in dataclasses.fields(Timings))     # queue_ms, device_ms, total_ms
+_TIMINGS = ("queue_ms", "device_ms", "total_ms")     # Timings' fields in order (a test checks)
+_NUMBERS = (int, float)          # exact types: msgpack gives no subclasses, and bool is none
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,8 @@ def infer_request(request_id: int, model: str, inputs: Mapping[str, np.ndarray],
                   priority: Priority | str | None = None) -> InferRequest:
     """A request from a caller's Python values: arrays (anything np.asarray takes), a deadline
     float() takes, a Priority or its value. InvalidInput, as the server would say it."""
-    if not isinstance(inputs, Mapping) or not inputs:
+    # type() first: a dict (the usual case) skips the ABC check (~0.3 us)
+    if not (type(inputs) is dict or isinstance(inputs, Mapping)) or not inputs:
         raise InvalidInput("inputs must be a non-empty mapping of name -> numpy array")
     if deadline_ms is not None:
         try:
@@ -120,7 +121,9 @@ def encode_infer(request: InferRequest) -> list:
 
 def encode_result(request_id: int, outputs: Mapping[str, np.ndarray], timings: Timings) -> list:
     """An INFER reply: the outputs and where the request's time went."""
-    header = {"id": request_id, "timings": {k: getattr(timings, k) for k in _TIMINGS}}
+    header = {"id": request_id, "timings": {"queue_ms": timings.queue_ms,
+                                            "device_ms": timings.device_ms,
+                                            "total_ms": timings.total_ms}}
     return encode(INFER, header, outputs, tensor_key="outputs")
 
 
@@ -153,10 +156,13 @@ def _about(model: str, message: str) -> InvalidInput:
 def _read_timings(value: object) -> Timings | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or not all(
-            type(value.get(k)) in (int, float) for k in _TIMINGS):     # bool is not a number
-        raise InvalidInput("reply 'timings' must map " + ", ".join(_TIMINGS) + " to numbers")
-    return Timings(*(float(value[k]) for k in _TIMINGS))
+    try:
+        times = value["queue_ms"], value["device_ms"], value["total_ms"]
+    except (TypeError, KeyError):         # not a map, or a time missing
+        times = ()
+    if len(times) != 3 or not all(type(v) in _NUMBERS for v in times):
+        raise InvalidInput(f"reply 'timings' must map {', '.join(_TIMINGS)} to numbers")
+    return Timings(float(times[0]), float(times[1]), float(times[2]))
 
 
 # --- decoding -------------------------------------------------------------------------------

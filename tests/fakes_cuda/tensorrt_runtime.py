@@ -42,13 +42,18 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
         INPUT = 1
         OUTPUT = 2
 
-    class DataType(enum.Enum):
-        FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64 = range(9)
+    # 8.6's DataType ends at FP8; BF16, INT64 and INT4 came with 10.x (so did nptype's INT64).
+    data_types = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8"]
+    data_types += ["BF16", "INT64", "INT4"] if major >= 10 else []
+    DataType = enum.Enum("DataType", [(n, i) for i, n in enumerate(data_types)])
 
     numpy_types = {DataType.FLOAT: np.float32, DataType.HALF: np.float16,
                    DataType.INT8: np.int8, DataType.INT32: np.int32, DataType.BOOL: np.bool_,
-                   DataType.UINT8: np.uint8, DataType.INT64: np.int64}
-    by_name = {np.dtype(t).name: d for d, t in numpy_types.items()} | {"bfloat16": DataType.BF16}
+                   DataType.UINT8: np.uint8}
+    numpy_types |= {DataType.INT64: np.int64} if major >= 10 else {}
+    # engine specs name dtypes as numpy does, plus the types numpy cannot hold
+    by_name = {np.dtype(t).name: d for d, t in numpy_types.items()} | {"fp8": DataType.FP8}
+    by_name |= {"bfloat16": DataType.BF16} if major >= 10 else {}
 
     def nptype(trt_type):
         if trt_type not in numpy_types:

@@ -1,5 +1,6 @@
-"""Fixtures shared by the split unit suites: saved/sliced test graphs (test_slicing_*.py)
-and the fake TensorRT builder (test_build_tensorrt_*.py).
+"""Fixtures shared by the split unit suites: saved/sliced test graphs (test_slicing_*.py),
+the fake TensorRT builder (test_build_tensorrt_*.py) and the fake CUDA stack with its
+backends (`cuda`: test_tensorrt_*.py).
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pathlib import Path
 import onnx
 import pytest
 
+from edgesched.backends.tensorrt import TensorRTBackend
 from edgesched.modelfiles.slicing import slice_model
-from tests import graphs
+from tests import fakes_cuda, graphs
 from tests.unit.build_tensorrt_helpers import FakeTRT, save
 
 # --- slicing: each graph kind saved once, each (kind, N) sliced once, per test module ------
@@ -57,3 +59,30 @@ def fake_trt(monkeypatch):
 @pytest.fixture
 def residual_onnx(tmp_path) -> Path:
     return save(graphs.residual_chain().model, tmp_path / "chain.onnx")
+
+
+# --- the TensorRT backend over the fake CUDA stack ------------------------------------------
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """install(**fakes_cuda.install options) -> FakeCuda; backends(...) made through `make`
+    are closed at the end, then the fake must have seen no contract violation."""
+    installed: list[fakes_cuda.FakeCuda] = []
+    backends: list[TensorRTBackend] = []
+
+    class Kit:
+        def install(self, **options) -> fakes_cuda.FakeCuda:
+            installed.append(fakes_cuda.install(monkeypatch, **options))
+            return installed[-1]
+
+        def make(self, streams: int = 3) -> TensorRTBackend:
+            backends.append(TensorRTBackend(streams))
+            return backends[-1]
+
+    yield Kit()
+    for backend in backends:
+        backend.close()
+    for fake in installed:
+        fake.gpu.check_quiescent()
+        assert fake.gpu.violations == []
+        assert fake.gpu.unbalanced() == {}          # every push popped, on every thread

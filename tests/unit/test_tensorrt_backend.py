@@ -8,112 +8,27 @@ two-slice model (slice 0 adds 1, slice 1 adds 10) returns x + 11 through the rea
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgesched.backends import create_backend, resolve_backend_name
 from edgesched.backends.base import Doorbell
-from edgesched.backends.tensorrt import TensorRTBackend
-from edgesched.engine import Engine, Submission
-from edgesched.errors import BackendUnavailable, ModelLoadError, ServerError
-from edgesched.modelfiles.manifest import Manifest, SliceEntry, write_manifest
-from edgesched.sched import make_policy
-from edgesched.types import BackendName, Launch, ModelInfo, Priority, TensorSpec
+from edgesched.errors import ServerError
+from edgesched.types import Launch
 from tests import fakes_cuda
-from tests.fakes_cuda import write_engine
-
-MODEL = "twostep"
-WAITER = "edgesched-trt-wait-"
-
-
-@pytest.fixture
-def cuda(monkeypatch):
-    """install(**fakes_cuda.install options) -> FakeCuda; backends(...) made through `make`
-    are closed at the end, then the fake must have seen no contract violation."""
-    installed: list[fakes_cuda.FakeCuda] = []
-    backends: list[TensorRTBackend] = []
-
-    class Kit:
-        def install(self, **options) -> fakes_cuda.FakeCuda:
-            installed.append(fakes_cuda.install(monkeypatch, **options))
-            return installed[-1]
-
-        def make(self, streams: int = 3) -> TensorRTBackend:
-            backends.append(TensorRTBackend(streams))
-            return backends[-1]
-
-    yield Kit()
-    for backend in backends:
-        backend.close()
-    for fake in installed:
-        fake.gpu.check_quiescent()
-        assert fake.gpu.violations == []
-        assert fake.gpu.unbalanced() == {}          # every push popped, on every thread
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error)
-    assert text and "\n" not in text, text
-    return text
-
-
-def two_slice_model(directory: Path, *, batch: int | None = 1, engines: bool = True,
-                    trt_major: int = 10) -> Path:
-    """x[batch,4] -> slice 0 (h = x + 1) -> slice 1 (y = h + 10); batch None: dynamic."""
-    directory.mkdir(parents=True, exist_ok=True)
-    dim = -1 if batch is None else batch
-    entries = []
-    for index, (src, dst, add) in enumerate([("x", "h", 1.0), ("h", "y", 10.0)]):
-        (directory / f"slice_{index:02d}.onnx").write_bytes(b"")   # the manifest's ONNX file
-        engine = f"slice_{index:02d}.engine" if engines else None
-        if engine:
-            write_engine(directory / engine, f"slice_{index:02d}",
-                         {src: ("float32", (dim, 4))}, {dst: ("float32", (dim, 4), src, add)},
-                         trt_major)
-        entries.append(SliceEntry(index, f"slice_{index:02d}.onnx", (src,), (dst,), {}, engine))
-    write_manifest(Manifest(MODEL, "twostep.onnx", (TensorSpec("x", "float32", (batch, 4)),),
-                            (TensorSpec("y", "float32", (batch, 4)),), tuple(entries),
-                            directory))
-    return directory
-
-
-def run_engine(backend, model_dir: Path, inputs: list[np.ndarray], *, instances: int = 2,
-               policy: str = "greedy", timeout_s: float = 5.0) -> dict:
-    loaded = backend.load(MODEL, model_dir, instances)
-    info = ModelInfo(MODEL, loaded.inputs, loaded.outputs, loaded.num_slices, 1000.0,
-                     Priority.BEST_EFFORT, instances, str(model_dir))
-    results: dict = {}
-    engine = Engine(backend, {MODEL: info}, make_policy(policy), queue_depth=64,
-                    on_result=lambda r: results.__setitem__(r.reply_to, r))
-    for tag, x in enumerate(inputs):
-        engine.submit(Submission(MODEL, {"x": x}, time.monotonic(), reply_to=tag))
-    deadline = time.monotonic() + timeout_s
-    while len(results) < len(inputs):
-        assert time.monotonic() < deadline, f"only {len(results)} of {len(inputs)} answered"
-        engine.step(0.05)
-    return results
-
-
-def inputs(n: int, batch: int = 1) -> list[np.ndarray]:
-    return [np.full((batch, 4), float(k), np.float32) + np.arange(4, dtype=np.float32)
-            for k in range(n)]
-
-
-_STREAM_ARG = {"execute_async_v3": 2, "cuEventRecord": 2, "cuMemcpyHtoDAsync": 4,
-               "cuMemcpyDtoHAsync": 4}
-
-
-def stream_of(call: fakes_cuda.Call) -> int:
-    """The stream a recorded launch / record / copy went to."""
-    return call.args[_STREAM_ARG[call.op]]
-
+from tests.unit.tensorrt_helpers import (  # noqa: F401
+    MODEL,
+    WAITER,
+    inputs,
+    one_line,
+    run_engine,
+    stream_of,
+    two_slice_model,
+)
 
 # --- end to end through the Engine -------------------------------------------------------------
 
@@ -306,117 +221,6 @@ def test_a_synthetic_request_runs_any_slice_on_zeros(cuda, tmp_path):
     (done,) = backend.poll(1.0)
     assert done.error is None
     np.testing.assert_array_equal(backend.fetch(7)["y"], np.full((1, 4), 10.0, np.float32))
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-def test_a_single_engine_file_with_a_dynamic_batch(cuda, tmp_path):
-    fake = cuda.install()
-    path = write_engine(tmp_path / "net.plan", "net", {"img": ("float32", (-1, 3))},
-                        {"score": ("float32", (-1, 3), "img", 0.5),
-                         "count": ("int32", (-1, 3), "img", 2)})
-    backend = cuda.make(streams=1)
-    loaded = backend.load("net", path, 1)
-    assert loaded.num_slices == 1
-    assert loaded.inputs == (TensorSpec("img", "float32", (None, 3)),)
-    assert loaded.outputs == (TensorSpec("score", "float32", (None, 3)),
-                              TensorSpec("count", "int32", (None, 3)))
-    img = np.arange(15, dtype=np.float32).reshape(5, 3)
-    backend.stage(1, "net", {"img": img})
-    backend.launch(Launch(1, "net", 0, 0))
-    (done,) = backend.poll(1.0)
-    assert done.error is None
-    out = backend.fetch(1)
-    np.testing.assert_array_equal(out["score"], img + 0.5)
-    assert out["count"].dtype == np.int32 and out["count"].shape == (5, 3)
-    assert fake.gpu.named("set_input_shape")[0].args[1:] == ("img", (5, 3))
-
-
-def test_each_engine_file_is_deserialized_once(cuda, tmp_path):
-    fake = cuda.install()
-    backend = cuda.make(streams=1)
-    model = two_slice_model(tmp_path / "m")
-    backend.load("a", model, 1)
-    backend.load("b", model, 1)
-    assert len(fake.gpu.named("deserialize_cuda_engine")) == 2
-    assert len(fake.gpu.contexts) == 4               # still one per (model slice, instance)
-
-
-def test_an_engine_that_does_not_deserialize_names_the_file_and_the_cause(cuda, tmp_path):
-    cuda.install(trt_version="10.3.0")
-    backend = cuda.make(streams=1)
-    model = two_slice_model(tmp_path / "m", trt_major=8)      # built by another TensorRT
-    with pytest.raises(ModelLoadError) as info:
-        backend.load(MODEL, model, 1)
-    line = one_line(info.value)
-    assert str(model / "slice_00.engine") in line
-    assert "another TensorRT version or another GPU" in line and "edgesched build" in line
-    garbage = tmp_path / "garbage.engine"
-    garbage.write_bytes(b"\x00not an engine")
-    with pytest.raises(ModelLoadError, match="garbage.engine"):
-        backend.load("g", garbage, 1)
-
-
-def test_a_slice_without_an_engine_says_to_build_on_the_device(cuda, tmp_path):
-    cuda.install()
-    backend = cuda.make(streams=1)
-    model = two_slice_model(tmp_path / "m", engines=False)
-    with pytest.raises(ModelLoadError) as info:
-        backend.load(MODEL, model, 1)
-    line = one_line(info.value)
-    assert "slice_00.onnx" in line and "edgesched build" in line and "on the device" in line
-    (model / "slice_00.engine").unlink(missing_ok=True)
-    two_slice_model(tmp_path / "n")
-    (tmp_path / "n" / "slice_01.engine").unlink()
-    with pytest.raises(ModelLoadError, match="slice_01.engine"):
-        backend.load(MODEL, tmp_path / "n", 1)
-
-
-def test_an_onnx_file_or_unknown_path_is_refused(cuda, tmp_path):
-    cuda.install()
-    backend = cuda.make(streams=1)
-    (tmp_path / "m.onnx").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="edgesched build"):
-        backend.load("m", tmp_path / "m.onnx", 1)
-    with pytest.raises(ModelLoadError, match="no such file"):
-        backend.load("m", tmp_path / "absent.engine", 1)
-
-
-# --- availability --------------------------------------------------------------------------------
-
-def test_no_driver_api_is_a_one_line_backend_unavailable(cuda):
-    fake = cuda.install(cuda_python=None, libcuda=False)
-    with pytest.raises(BackendUnavailable) as info:
-        TensorRTBackend(2)
-    assert "libcuda.so.1" in one_line(info.value)
-    assert fake.gpu.retains == 0                      # the primary context was given back
-
-
-def test_without_pycuda_the_backend_is_unavailable(cuda, monkeypatch):
-    cuda.install()
-    monkeypatch.setitem(sys.modules, "pycuda", None)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
-    with pytest.raises(BackendUnavailable, match="pycuda"):
-        TensorRTBackend(1)
-
-
-def test_create_backend_and_auto_pick_tensorrt_when_it_is_importable(cuda):
-    fake = cuda.install()
-    assert resolve_backend_name(BackendName.AUTO) is BackendName.TENSORRT
-    backend = create_backend(BackendName.TENSORRT, streams=2)
-    try:
-        assert isinstance(backend, TensorRTBackend) and backend.num_streams == 2
-    finally:
-        backend.close()
-    assert fake.gpu.retains == 0
-
-
-def test_the_module_imports_without_tensorrt_pycuda_or_cuda():
-    code = ("import sys, edgesched, edgesched.backends.tensorrt, edgesched.backends.tensorrt.cuda_streams;"
-            "bad = {'tensorrt', 'pycuda', 'pycuda.driver', 'cuda'} & set(sys.modules);"
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
-                   cwd=Path(__file__).resolve().parents[2])
 
 
 # --- the fakes bite -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgesched import dtypes
 from edgesched.backends.tensorrt.memory import Tensor
 from edgesched.errors import ModelLoadError
 from edgesched.types import Launch, TensorSpec
@@ -25,10 +26,9 @@ class Slice:
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             try:
-                self.dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            except TypeError:
-                raise ModelLoadError(f"{path}: tensor {name!r} has a type numpy cannot hold "
-                                     f"({engine.get_tensor_dtype(name)})") from None
+                self.dtypes[name] = dtypes.from_tensorrt(engine.get_tensor_dtype(name)).np_dtype
+            except dtypes.UnsupportedDtype as e:
+                raise ModelLoadError(f"{path}: tensor {name!r}: {e}") from None
             self.shapes[name] = tuple(int(d) for d in engine.get_tensor_shape(name))
             is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(name)
