@@ -10,7 +10,6 @@ memory), so the engine only hands over inputs once (`stage`) and takes outputs o
 from __future__ import annotations
 
 import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
@@ -50,52 +49,36 @@ class Backend(Protocol):
         """Free a request that will not finish (failed, expired). Idempotent."""
 
     def bind(self, doorbell: "Doorbell") -> None:
-        """Wait on `doorbell` from now on: a ring ends a waiting poll early."""
+        """Wait on `doorbell` from now on (a ring ends a waiting poll early); a thread-based
+        backend also rings it with each finished launch."""
 
     def close(self) -> None: ...
 
 
 class Doorbell:
-    """The engine's one wake-up. Any thread rings it (a submission, a finished launch, a stop);
-    the engine thread waits on it inside `Backend.poll`. A ring that comes before the wait is
-    not lost: it ends the next wait at once."""
+    """The engine's one wake-up. Any thread rings it (a submission, a stop); a thread-based
+    backend's workers ring it with their finished launches as the news. The engine thread
+    waits on it inside `Backend.poll`. A ring that comes before the wait is not lost: it ends
+    the next wait at once. A SimpleQueue, not a threading.Event: its put and get are C calls,
+    where an Event takes a Python-level Condition on both sides of every request."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._news: queue.SimpleQueue = queue.SimpleQueue()
 
-    def ring(self) -> None:
-        self._event.set()
+    def ring(self, news=None) -> None:
+        self._news.put(news)
 
-    def wait(self, timeout_s: float) -> bool:
-        """Up to timeout_s seconds for a ring (True if one came). The caller looks for news
-        after this returns, so a ring landing between the wait and the reset loses nothing."""
-        rung = self._event.wait(timeout_s) if timeout_s > 0 else self._event.is_set()
-        self._event.clear()
-        return rung
-
-
-class CompletionQueue:
-    """Where a thread-based backend's worker threads put finished launches; each put rings
-    the doorbell the backend is bound to."""
-
-    def __init__(self) -> None:
-        self._items: queue.SimpleQueue = queue.SimpleQueue()
-        self.doorbell = Doorbell()
-
-    def put(self, item) -> None:
-        self._items.put(item)
-        self.doorbell.ring()
-
-    def take(self, timeout_s: float) -> list:
-        """Everything queued; if nothing is, waits up to timeout_s for a ring first."""
-        if self._items.empty():
-            self.doorbell.wait(timeout_s)
-        items = []
+    def wait(self, timeout_s: float) -> list:
+        """The news so far (rings without news dropped); if there is none yet, waits up to
+        timeout_s seconds for the first ring."""
+        try:
+            first = self._news.get(timeout=timeout_s) if timeout_s > 0 else \
+                self._news.get_nowait()
+        except queue.Empty:
+            return []
+        items = [first]
         while True:
             try:
-                items.append(self._items.get_nowait())
+                items.append(self._news.get_nowait())
             except queue.Empty:
-                return items
-
-    def empty(self) -> bool:
-        return self._items.empty()
+                return [item for item in items if item is not None]

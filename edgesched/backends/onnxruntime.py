@@ -38,7 +38,7 @@ import numpy as np
 
 from edgesched import dtypes
 from edgesched.backends import cpu_probes
-from edgesched.backends.base import CompletionQueue, Doorbell, LoadedModel
+from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
 from edgesched.telemetry import procstat
@@ -98,7 +98,7 @@ class OnnxRuntimeBackend:
         # request id -> (model, its live tensors: inputs, then every slice's outputs,
         #                synthetic: staged with no tensors, so missing inputs are zeros)
         self._tensors: dict[int, tuple[str, dict[str, np.ndarray], bool]] = {}
-        self._done = CompletionQueue()
+        self._done = Doorbell()        # rung with each finished launch; the engine's once bound
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
@@ -189,13 +189,13 @@ class OnnxRuntimeBackend:
             except Exception as e:  # a failing slice fails only its own request
                 text = str(e).strip()
                 error = f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
-            self._done.put(Completion(launch, start, time.monotonic(), error))
+            self._done.ring(Completion(launch, start, time.monotonic(), error))
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        return self._done.take(timeout_s)
+        return self._done.wait(timeout_s)
 
     def bind(self, doorbell: Doorbell) -> None:
-        self._done.doorbell = doorbell
+        self._done = doorbell
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         model, tensors, _ = self._tensors.pop(request_id)

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgesched.backends.base import CompletionQueue, Doorbell, LoadedModel
+from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.build import _import_trt
 from edgesched.backends.tensorrt.memory import Pool as _Pool
@@ -100,7 +100,7 @@ class TensorRTBackend:
         self._engines: dict[Path, object] = {}
         self._models: dict[str, _Model] = {}
         self._requests: dict[int, _Request] = {}
-        self._done = CompletionQueue()
+        self._done = Doorbell()        # rung with each finished launch; the engine's once bound
         self._work: list[queue.SimpleQueue] = []
         self._waiters: list[threading.Thread] = []
         self._pool: _Pool | None = None
@@ -291,7 +291,7 @@ class TensorRTBackend:
                 log.warning("stream %d: synchronize after a failed launch: %s", launch.stream,
                             _one_line(e))
         flight.finished_s = time.monotonic()
-        self._done.put(flight)
+        self._done.ring(flight)
 
     def _new_event(self) -> int:
         event = self._driver.event_create()
@@ -355,15 +355,15 @@ class TensorRTBackend:
                 except Exception as e:  # a fault in the slice's kernels surfaces here
                     flight.error = flight.error or f"CUDA: {_one_line(e)}"
                 flight.finished_s = time.monotonic()
-                self._done.put(flight)
+                self._done.ring(flight)
         finally:
             self._cuda.Context.pop()
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        return [self._finish(flight) for flight in self._done.take(timeout_s)]
+        return [self._finish(flight) for flight in self._done.wait(timeout_s)]
 
     def bind(self, doorbell: Doorbell) -> None:
-        self._done.doorbell = doorbell
+        self._done = doorbell
 
     def _finish(self, flight: _Flight) -> Completion:
         """Back on the engine thread: the GPU is done with the launch's context and buffers."""
@@ -431,7 +431,7 @@ class TensorRTBackend:
             self._ctx = None
 
     def _free_everything(self) -> None:
-        self._done.take(0.0)                         # flights hold execution contexts
+        self._done.wait(0.0)                         # flights hold execution contexts
         self._requests.clear()
         self._models.clear()                         # execution contexts, then engines, runtime
         self._engines.clear()
