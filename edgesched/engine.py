@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgesched.backends.base import Backend, Doorbell
-from edgesched.errors import RequestError
+from edgesched.errors import InvalidInput, RequestError
 from edgesched.sched import Policy
 from edgesched.sched.health import Health
 from edgesched.sched.lifecycle import Answer, Buffers, Lifecycle, Outcome, Submission, Update
@@ -108,8 +108,14 @@ class Engine:
         backend = self.backend
         for level, message in update.notices:
             getattr(log, level)("%s", message)
+        refused = []
         for request, inputs in update.staged:
-            backend.stage(request.id, request.model, inputs)
+            try:
+                backend.stage(request.id, request.model, inputs)
+            except InvalidInput as e:            # fits the model's specs, not the engine's
+                refused.append((request, e))
+        for request, error in refused:
+            self._carry_out(self.life.refused(request, error))
         for launch in update.launches:
             backend.launch(launch)
         for request_id in update.freed:

@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from edgesched.backends.base import LoadedModel
+from edgesched.errors import InvalidInput
 from edgesched.types import Completion, Launch, ModelInfo, Priority, TensorSpec
 
 X = TensorSpec("x", "int64", (1,))
@@ -114,8 +115,10 @@ class FakeBackend:
 
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         assert request_id not in self._tensors, f"request {request_id} staged twice"
-        self.staged.append(request_id)
         x = inputs.get("x")
+        if x is not None and int(x[0]) < 0:      # as a TensorRT profile refuses a shape
+            raise InvalidInput(f"x = {int(x[0])}: the fake engine takes x >= 0")
+        self.staged.append(request_id)
         self._tensors[request_id] = {"model": model, "x": None if x is None else int(x[0]),
                                      "trace": []}
 

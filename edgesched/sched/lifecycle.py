@@ -50,6 +50,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"          # a backend fault, an unhealthy model, a hung launch
     EXPIRED = "expired"        # its deadline passed (or cannot be met)
     REJECTED = "rejected"      # refused at admission: its queue was full
+    INVALID = "invalid"        # the backend refused its inputs: the client's mistake
 
 
 class Buffers(enum.Enum):
@@ -131,6 +132,14 @@ class Lifecycle:
                 heapq.heappush(self._timeouts, (now + self.launch_timeout_s,
                                                 launch.request_id, launch.slice_index))
             out.launches.append(launch)
+        return out
+
+    def refused(self, request: Request, error: RequestError) -> Update:
+        """The backend refused an admitted request's inputs when staging them (a shape outside
+        the engine's profile): answered at once, and the model stays healthy for the others."""
+        out = Update()
+        self.state.retire(request)
+        self._answer(out, Answer(request, Outcome.INVALID, Buffers.RELEASE, error))
         return out
 
     def update(self, completions: Iterable[Completion], now: float) -> Update:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgesched.errors import DeadlineExceeded, Overloaded
+from edgesched.errors import DeadlineExceeded, InvalidInput, Overloaded
 from tests.engine_harness import BE, POLICY_NAMES, RT, Harness, engine_id  # noqa: F401
 from tests.fakes import model_info
 
@@ -159,3 +159,14 @@ def test_request_is_not_launched_again_exactly_at_its_deadline():
     h.assert_clean()
 
 
+
+
+def test_inputs_the_backend_refuses_at_staging_fail_only_that_request():
+    h = Harness([model_info("a", 2)], "greedy")
+    bad, good = h.submit("a", x=-1), h.submit("a")
+    h.run()
+    assert isinstance(h.error(bad, InvalidInput), InvalidInput)
+    h.ok(good)
+    assert h.counters("a")["invalid"] == 1 and h.counters("a")["failed"] == 0
+    assert h.engine.health.snapshot()["a"]["healthy"]
+    h.assert_clean()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from edgesched.errors import DeadlineExceeded, ModelUnavailable, Overloaded, ServerError
+from edgesched.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelUnavailable,
+    Overloaded,
+    ServerError,
+)
 from edgesched.sched.health import Health
 from edgesched.sched.lifecycle import Buffers, Lifecycle, Outcome, Submission
 from edgesched.types import Completion, Launch, Plan, Timings
@@ -125,3 +131,11 @@ def test_abort_all_answers_queued_running_and_arriving_requests():
     assert sorted(a.request.id for a in update.answers) == [1, 2]
     assert all(a.outcome is Outcome.FAILED for a in update.answers)
     assert len(life.state) == 0
+
+
+def test_inputs_the_backend_refuses_are_invalid_and_leave_the_model_healthy():
+    life = lifecycle()
+    request = admit(life)
+    (answer,) = life.refused(request, InvalidInput("shape outside the profile")).answers
+    assert answer.outcome is Outcome.INVALID and answer.buffers is Buffers.RELEASE
+    assert len(life.state) == 0 and life.health.snapshot()["m"]["healthy"]
