@@ -23,11 +23,16 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["edgesched", "edgesched.*"]),
+    # the probe kernels' CUDA C sources, compiled at run time with NVRTC
+    package_data={"edgesched.backends.tensorrt.probes": ["*.cu"]},
     install_requires=["numpy>=1.22", "pyyaml>=5.4", "pyzmq>=23", "msgpack>=1.0", "onnx>=1.14"],
     extras_require={
         "cpu": ["onnxruntime>=1.16"],
         "jetson": ["pycuda>=2022.2", "jetson-stats>=4.2"],
         "plot": ["matplotlib>=3.5"],
+        # cuda-python's driver + NVRTC bindings and libnvrtc: `selftest --cuda`, and the probe
+        # compile tests (NVRTC needs no GPU). On a Jetson JetPack's CUDA also provides libnvrtc.
+        "nvrtc": ["cuda-bindings<13", "nvidia-cuda-nvrtc-cu12"],
         "test": ["pytest>=7.4", "hypothesis>=6.80", "onnxruntime>=1.16"],
     },
     entry_points={"console_scripts": ["edgesched=edgesched.commands.cli:main"]},

@@ -26,6 +26,7 @@ from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpo
     require_keys,
 )
 from edgesched.errors import ConfigError
+from edgesched.shapes import ShapeError, ShapeRange, parse_mapping
 from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource
 
 SIM_DEVICES = MODULES   # the modules edgesched has figures for (edgesched.devices)
@@ -88,6 +89,9 @@ class ModelConfig:
     slo_ms: float
     priority: Priority = Priority.BEST_EFFORT
     instances: int = 1                       # concurrent requests one slice may run at once
+    # input -> fixed shape or (min, opt, max) range: what costs are estimated at (opt) and
+    # what the server accepts (edgesched.shapes); inputs left out take what the model allows
+    shapes: dict[str, ShapeRange] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +182,31 @@ def _model_path(v: Any, base_dir: Path) -> Path:
     where = f"{v!r}" if str(path) == v else f"{v!r} (resolved to {str(path)!r})"
     raise _Invalid("an existing .onnx, .engine or .plan file, or a directory containing "
                    "manifest.json", _Text(f"{where}, {why}"))
+
+
+_SHAPES = "input name -> [sizes] or {min: [sizes], opt: [sizes], max: [sizes]}"
+
+
+def _shapes(v: Any) -> dict[str, ShapeRange]:
+    """A model's `shapes:` (config and workload files): input name -> [sizes] or a range.
+    A bad entry is shown as written, with why (ShapeError's reason)."""
+    if not isinstance(v, Mapping) or not v:
+        raise _Invalid(_SHAPES, v)
+    try:
+        return parse_mapping(v)
+    except ShapeError:
+        pass
+    for name, value in v.items():
+        try:
+            parse_mapping({name: value})
+        except ShapeError as e:
+            text = str(e)
+            for prefix in (f"shapes.{name}: ", "shapes: "):
+                text = text[len(prefix):] if text.startswith(prefix) else text
+            head, cut, _ = text.rpartition(", got ")      # the value is shown already
+            reason = head if cut else text
+            raise _Invalid(_SHAPES, _Text(f"{_got(name)}: {_got(value)} ({reason})")) from None
+    raise _Invalid(_SHAPES, v)        # not reached: some entry failed above
 
 
 def _endpoint(v: Any) -> str:
@@ -309,7 +338,7 @@ def _models(source: str, data: Any, base_dir: Path) -> tuple[ModelConfig, ...]:
         raise _Invalid("a list of at least one model", data)
     checks: _Checks = {"name": _name, "path": lambda v: _model_path(v, base_dir),
                        "slo_ms": _positive, "priority": _one_of(Priority),
-                       "instances": _integer(1, 16)}
+                       "instances": _integer(1, 16), "shapes": _shapes}
     models: list[ModelConfig] = []
     for i, entry in enumerate(data):
         model = ModelConfig(**_fields(source, f"models[{i}]", entry, ModelConfig, checks))

@@ -37,6 +37,12 @@ class BackendUnavailable(EdgeschedError):
     code = "BACKEND_UNAVAILABLE"
 
 
+class EngineBuildError(EdgeschedError):
+    """A TensorRT engine cannot be built from a slice (parse, precision, shapes, calibration)."""
+
+    code = "ENGINE_BUILD_ERROR"
+
+
 class TelemetryUnavailable(EdgeschedError):
     """A telemetry source cannot be used here (library missing, service down, no device).
     str(e) is one line saying what to do."""

@@ -130,12 +130,16 @@ def mismatch(profile: Profile, conditions: dict) -> str | None:
 def estimate_profile(config: Config, root: Path = ROOT) -> Profile:
     """Demands from the ONNX cost model on the module's spec (which_module), for serving
     before any calibration: right in proportion, not measured. An unknown module gets
-    FALLBACK_FIGURES, said in one log line and in the meta. Models without ONNX (bare
-    engines) are left out: the scheduler treats them conservatively."""
+    FALLBACK_FIGURES, said in one log line and in the meta. Models are costed at the `opt` of
+    their shapes (config `shapes:`, else the manifest's). Models without ONNX (bare engines)
+    and models with a dynamic input and no shape (a warning says which and how to give it)
+    are left out: the scheduler treats them conservatively."""
     import onnx
 
     from edgesched.backends.sim_device import SPECS, slice_work
     from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
+    from edgesched.modelfiles.shaping import model_shapes, slice_shapes
+    from edgesched.shapes import ShapeError, file_hint
     choice = which_module(config, root)
     spec = SPECS[choice.module or FALLBACK_FIGURES]
     if choice.module:
@@ -147,15 +151,21 @@ def estimate_profile(config: Config, root: Path = ROOT) -> Profile:
                 "cost-model estimates on %s figures, right in proportion only: %s",
                 spec.name, choice.source)
     demands = {}
-    for m in config.models:
+    for i, m in enumerate(config.models):
+        if not (m.path / MANIFEST_NAME).is_file() and m.path.suffix != ".onnx":
+            continue
+        try:
+            shapes = model_shapes(m.name, m.path, m.shapes, file_hint(config.source, i))
+        except ShapeError as e:
+            log.warning("no cost-model estimate for %s: %s", m.name, e)
+            continue
         if (m.path / MANIFEST_NAME).is_file():
             manifest = read_manifest(m.path)
-            files = [manifest.slice_path(s) for s in manifest.slices]
-        elif m.path.suffix == ".onnx":
-            files = [m.path]
+            graphs = [onnx.load(str(manifest.slice_path(s))) for s in manifest.slices]
+            per_slice = slice_shapes(manifest, shapes, graphs)
         else:
-            continue
-        works = [slice_work(onnx.load(str(f)), spec) for f in files]
+            graphs, per_slice = [onnx.load(str(m.path))], [shapes]
+        works = [slice_work(g, spec, s) for g, s in zip(graphs, per_slice)]
         demands[m.name] = tuple(SliceDemand(w.sm_peak, w.mem, w.duration_us,
                                             w.compute_us / w.duration_us) for w in works)
     method = f"cost model on {spec.name} figures" + ("" if choice.module else

@@ -90,10 +90,11 @@ class ShapeRange:
 
 
 def _dims(shape: object) -> tuple[int, ...]:
-    if not isinstance(shape, (list, tuple)) or not 0 < len(shape) <= MAX_RANK or not all(
+    # [] is a scalar's shape (a model's threshold or branch condition input)
+    if not isinstance(shape, (list, tuple)) or not len(shape) <= MAX_RANK or not all(
             isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM
             for d in shape):
-        raise ShapeError(f"a shape is a list of 1 to {MAX_RANK} sizes from 1 to {MAX_DIM}, "
+        raise ShapeError(f"a shape is a list of 0 to {MAX_RANK} sizes from 1 to {MAX_DIM}, "
                          f"got {shape!r}")
     return tuple(shape)
 
@@ -136,19 +137,33 @@ def parse_mapping(raw: object) -> dict[str, ShapeRange]:
     return out
 
 
+def check(model: str, inputs: Sequence, shapes: Mapping[str, ShapeRange] | None
+          ) -> dict[str, ShapeRange]:
+    """The given shapes, checked against `model`'s inputs (TensorSpecs): each names an input
+    and fits its declared dims. Unlike `resolve`, a dynamic input may stay without a shape
+    (serving on ONNX Runtime accepts whatever the model accepts). ShapeError, one line."""
+    shapes = dict(shapes or {})
+    specs = {spec.name: spec for spec in inputs}
+    for name, given in shapes.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ShapeError(f"model {model!r} has no input {name!r} (its inputs: "
+                             f"{', '.join(sorted(specs))})")
+        if not given.fits(spec.shape):
+            raise ShapeError(f"model {model!r}: input {name!r} is declared "
+                             f"{_declared(spec.shape)}, which shape {given} does not fit")
+    return shapes
+
+
 def resolve(model: str, inputs: Sequence, shapes: Mapping[str, ShapeRange] | None,
             how: str = "--shape {name}:{dims}") -> dict[str, ShapeRange]:
     """Every input of `model` (TensorSpecs) with a shape: fully static inputs as declared,
     the others from `shapes`. ShapeError, one line, for a dynamic input without a shape, a
     shape that contradicts the declared one, or a shape for an input the model lacks. `how`
     says how the user gives a shape where this is called ({name}: the input, {dims}: its
-    declared dims with ? for each one to fill in), e.g. "shapes: in models[0] of x.yaml"."""
-    shapes = dict(shapes or {})
-    names = {spec.name for spec in inputs}
-    for name in shapes:
-        if name not in names:
-            raise ShapeError(f"model {model!r} has no input {name!r} (its inputs: "
-                             f"{', '.join(sorted(names))})")
+    declared dims with ? for each one to fill in, {list}: the same as [?, 3, ?, ?]), e.g.
+    file_hint(source, index) for a config or workload file."""
+    shapes = check(model, inputs, shapes)
     out = {}
     for spec in inputs:
         given = shapes.get(spec.name)
@@ -157,14 +172,40 @@ def resolve(model: str, inputs: Sequence, shapes: Mapping[str, ShapeRange] | Non
                 dims = "x".join("?" if d is None else str(d) for d in spec.shape)
                 raise ShapeError(f"model {model!r}: input {spec.name!r} has dynamic dimensions "
                                  f"{_declared(spec.shape)}; give its shape with "
-                                 + how.format(name=spec.name, dims=dims))
+                                 + how.format(name=spec.name, dims=dims,
+                                              list=_declared(spec.shape)))
             out[spec.name] = ShapeRange.fixed_at(spec.shape)
             continue
-        if not given.fits(spec.shape):
-            raise ShapeError(f"model {model!r}: input {spec.name!r} is declared "
-                             f"{_declared(spec.shape)}, which shape {given} does not fit")
         out[spec.name] = given
     return out
+
+
+def file_hint(source: str, index: int) -> str:
+    """A `how` for resolve: where a config or workload file takes the shape."""
+    where = str(source).replace("{", "{{").replace("}", "}}")
+    return (f"`shapes: {{{{{{name}}: {{list}}}}}}` (a size for each ?) under models[{index}] "
+            f"in {where}")
+
+
+def at(shapes: Mapping[str, ShapeRange], point: str) -> dict[str, ShapeRange]:
+    """Each range fixed at one of its points ("min", "opt" or "max")."""
+    if point not in ("min", "opt", "max"):
+        raise ValueError(f"point must be min, opt or max, got {point!r}")
+    return {name: ShapeRange.fixed_at(getattr(r, point)) for name, r in shapes.items()}
+
+
+def span(lo: Sequence[int], mid: Sequence[int], hi: Sequence[int]) -> ShapeRange:
+    """The range of a tensor seen at three input points: elementwise min and max around `mid`
+    (a tensor need not grow with the input, e.g. a Reshape that trades one dim for another)."""
+    lo, mid, hi = _dims(lo), _dims(mid), _dims(hi)
+    if not len(lo) == len(mid) == len(hi):
+        raise ShapeError(f"{_x(lo)}, {_x(mid)} and {_x(hi)} have different ranks")
+    return ShapeRange(tuple(map(min, lo, mid, hi)), mid, tuple(map(max, lo, mid, hi)))
+
+
+def to_json(shapes: Mapping[str, ShapeRange]) -> dict:
+    """name -> ShapeRange.to_json(), for manifests and profile meta."""
+    return {name: r.to_json() for name, r in shapes.items()}
 
 
 def _declared(shape: Sequence[int | None]) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgesched.shapes import ShapeRange
 
 
 class Priority(str, enum.Enum):
@@ -87,10 +90,13 @@ class ModelInfo:
     priority: Priority
     instances: int                   # concurrent requests one slice may run at once
     source: str = ""                 # the file or directory it was loaded from
+    # input -> the configured shape or range (`shapes:`); a request outside it is refused.
+    # Inputs not in it take whatever their TensorSpec allows.
+    shapes: Mapping[str, "ShapeRange"] = field(default_factory=dict, hash=False)
 
     def check_inputs(self, tensors: Mapping[str, np.ndarray]) -> str | None:
         """Why `tensors` are not a request's inputs to this model (the names, then each
-        TensorSpec.check), or None when they are."""
+        TensorSpec.check, then the configured shapes), or None when they are."""
         expected = self._input_names
         if tensors.keys() != expected:
             missing, extra = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
@@ -101,6 +107,12 @@ class ModelInfo:
             problem = spec.check(tensors[spec.name])
             if problem:
                 return f"model {self.name!r}: {problem}"
+            allowed = self.shapes.get(spec.name)
+            if allowed is not None and not allowed.contains(tensors[spec.name].shape):
+                return (f"model {self.name!r}: input {spec.name!r}: shape "
+                        f"{tuple(tensors[spec.name].shape)} is outside the configured "
+                        + (f"shape {allowed}" if allowed.fixed else
+                           f"range {allowed} (min/opt/max)"))
         return None
 
     @functools.cached_property
@@ -111,7 +123,9 @@ class ModelInfo:
         return {"name": self.name, "inputs": [t.to_wire() for t in self.inputs],
                 "outputs": [t.to_wire() for t in self.outputs], "slices": self.num_slices,
                 "slo_ms": self.slo_ms, "priority": self.priority.value,
-                "instances": self.instances}
+                "instances": self.instances,
+                **({"shapes": {k: r.to_json() for k, r in self.shapes.items()}}
+                   if self.shapes else {})}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Models for tests: the shipped examples' interfaces, and small ONNX models built with onnx.helper
 (a conv net, the same net cut by hand into a sliced-model directory with manifest.json, a
-deliberately slow model, a two-input model and a model with a very large output).
+deliberately slow model, a two-input model, a model with a very large output, and a conv net
+whose input [N, 3, H, W] is dynamic in every dim but the channels, as exporters write them).
 
 Weights come from a seeded generator, so every build of one model is identical and the sliced
 and unsliced versions of the conv net compute the same function.
@@ -167,6 +168,78 @@ def build_fragile_model(path: Path) -> Path:
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
     return _save(nodes, [_value("x", ("n",))], [_value("y", (2, 2))],
                  {"shape": np.array([2, 2], np.int64)}, Path(path), "fragile")
+
+
+# The dynamic conv net: image[N,3,H,W] -> logits[N,10]: a stride-2 stem, two residual blocks
+# (the second after a stride-2 conv), a global-average-pool head. Its cost grows with N*H*W.
+DYNAMIC_INPUT = ("image", ("N", 3, "H", "W"))
+DYNAMIC_OUTPUT = ("logits", ("N", 10))
+
+
+def build_dynamic_convnet(path: Path, width: int = 16) -> Path:
+    rng = np.random.default_rng(SEED)
+    weights: dict[str, np.ndarray] = {}
+    nodes: list = []
+
+    def conv(x: str, c_in: int, c_out: int, out: str, stride: int = 1, relu: bool = True) -> str:
+        w, b = f"{out}_w", f"{out}_b"
+        weights[w] = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(
+            np.float32)
+        weights[b] = (0.1 * rng.standard_normal(c_out)).astype(np.float32)
+        y = f"{out}_conv" if relu else out
+        nodes.append(helper.make_node("Conv", [x, w, b], [y], name=y, kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1], strides=[stride, stride]))
+        if relu:
+            nodes.append(helper.make_node("Relu", [y], [out], name=out))
+        return out
+
+    def residual(x: str, c: int, stem: str) -> str:
+        h = conv(conv(x, c, c, f"{stem}_a"), c, c, f"{stem}_b", relu=False)
+        nodes.append(helper.make_node("Add", [x, h], [f"{stem}_sum"], name=f"{stem}_sum"))
+        nodes.append(helper.make_node("Relu", [f"{stem}_sum"], [stem], name=stem))
+        return stem
+
+    x = residual(conv(DYNAMIC_INPUT[0], 3, width, "stem", stride=2), width, "block1")
+    x = residual(conv(x, width, 2 * width, "down", stride=2), 2 * width, "block2")
+    weights["fc_w"] = (rng.standard_normal((2 * width, 10)) / np.sqrt(2 * width)).astype(
+        np.float32)
+    weights["fc_b"] = np.zeros(10, np.float32)
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"),
+              helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [DYNAMIC_OUTPUT[0]], name="fc")]
+    return _save(nodes, [_value(*DYNAMIC_INPUT)], [_value(*DYNAMIC_OUTPUT)], weights, Path(path),
+                 "dynamic_convnet")
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def build_dynamic_light_cnn(name: str, path: Path) -> Path | None:
+    """onnx's real light CNN `name` (squeezenet, densenet121: their global-pool heads take any
+    size) as a model exported with dynamic axes: input [N, 3, H, W], outputs [N, ...]. None
+    when onnx's test data is not installed."""
+    source = LIGHT / f"light_{name}.onnx"
+    if not source.is_file():
+        return None
+    model = onnx.load(str(source))
+    weights = {t.name for t in model.graph.initializer}
+    (image,) = [i for i in model.graph.input if i.name not in weights]
+    for dim, param in zip(image.type.tensor_type.shape.dim, ("N", None, "H", "W")):
+        if param:
+            dim.Clear()
+            dim.dim_param = param
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_param = "N"
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+def dynamic_input(batch: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    shape = (batch, 3, size, size)
+    return {DYNAMIC_INPUT[0]: np.random.default_rng(seed).standard_normal(shape).astype(
+        np.float32)}
 
 
 def example_input(name: str, seed: int) -> dict[str, np.ndarray]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Mapping, Protocol
 
 from edgesched.backends.base import Backend, LoadedModel
 from edgesched.errors import BackendUnavailable
+from edgesched.shapes import ShapeRange, check
 from edgesched.types import BackendName, ModelInfo, Priority
 
 
@@ -52,15 +53,22 @@ class ModelEntry(Protocol):
     slo_ms: float
     priority: Priority
     instances: int
+    shapes: Mapping[str, ShapeRange]      # configured input shapes or ranges ({}: none)
 
 
 def load_models(backend: Backend, entries: Iterable[ModelEntry]) -> dict[str, ModelInfo]:
-    """Load each entry on `backend` (ModelLoadError names the file); name -> ModelInfo."""
+    """Load each entry on `backend` (ModelLoadError names the file); name -> ModelInfo. The
+    configured shapes go to the backend and into ModelInfo, where the server refuses a
+    request outside them; ShapeError (one line) for one that names no input of the model or
+    does not fit its declared dims."""
     models = {}
     for m in entries:
-        loaded = backend.load(m.name, m.path, m.instances)
+        shapes = dict(getattr(m, "shapes", None) or {})
+        loaded = (backend.load(m.name, m.path, m.instances, shapes=shapes) if shapes
+                  else backend.load(m.name, m.path, m.instances))
+        check(m.name, loaded.inputs, shapes)
         models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
-                                   m.slo_ms, m.priority, m.instances, str(m.path))
+                                   m.slo_ms, m.priority, m.instances, str(m.path), shapes)
     return models
 
 

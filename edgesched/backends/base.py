@@ -12,11 +12,14 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
 from edgesched.types import Completion, Launch, TensorSpec
+
+if TYPE_CHECKING:
+    from edgesched.shapes import ShapeRange
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,13 @@ class Backend(Protocol):
     name: str
     num_streams: int
 
-    def load(self, model: str, path: Path, instances: int) -> LoadedModel:
-        """Load a model (raises ModelLoadError with the file and the cause)."""
+    def load(self, model: str, path: Path, instances: int, *,
+             shapes: Mapping[str, "ShapeRange"] | None = None) -> LoadedModel:
+        """Load a model (raises ModelLoadError with the file and the cause). `shapes`: the
+        inputs' configured shapes or ranges (edgesched.shapes), where a backend needs them
+        (to cost the model, build profiles, make calibration inputs); load_models passes it
+        only when the config gives some, so a backend without the keyword still loads
+        every model that has none."""
 
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         """Take a request's (already validated) inputs before its first launch."""

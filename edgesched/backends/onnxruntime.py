@@ -21,8 +21,12 @@ Calibration hooks (the same ones the simulated and TensorRT backends offer, so
   is a lower bound, and 0.0 whenever no memory probe ran.
 - A request staged with no tensors at all (`stage(id, model, {})`, which is how calibration
   stages its runs) is a synthetic run: every slice's inputs that the request does not hold
-  are zeros of the slice's declared shapes (dynamic dimensions as 1). Requests staged with
-  tensors behave exactly as before (a missing tensor fails the launch).
+  are zeros at the `opt` of the model's shapes (`load(..., shapes=)`, else a sliced
+  directory's manifest), carried through the slices; where no shape is known, the declared
+  shapes with dynamic dimensions as 1 (calibrate refuses such a model before it gets here).
+  Requests staged with tensors behave exactly as before (a missing tensor fails the launch).
+Serving takes whatever shapes the model accepts; the server refuses those outside a
+configured range before they reach this backend (ModelInfo.check_inputs).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ from edgesched.backends import cpu_probes
 from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
+from edgesched.modelfiles.shaping import slice_shapes
+from edgesched.shapes import ShapeError, ShapeRange, resolve
 from edgesched.telemetry import procstat
 from edgesched.types import Completion, Launch, TensorSpec
 
@@ -64,10 +70,11 @@ def _spec(arg) -> TensorSpec:
 
 
 class _Slice:
-    __slots__ = ("session", "inputs", "outputs", "_zeros")
+    __slots__ = ("session", "inputs", "outputs", "shapes", "_zeros")
 
     def __init__(self, session, inputs: tuple[str, ...], outputs: list[str]):
         self.session, self.inputs, self.outputs = session, inputs, outputs
+        self.shapes: dict[str, tuple[int, ...]] = {}     # input -> zeros' shape (opt)
         self._zeros: dict[str, np.ndarray] | None = None
 
     def zeros(self) -> dict[str, np.ndarray]:
@@ -77,11 +84,25 @@ class _Slice:
             zeros = {}
             for arg in self.session.get_inputs():
                 spec = _spec(arg)
-                array = np.zeros([d or 1 for d in spec.shape], spec.dtype)
+                array = np.zeros(self.shapes.get(spec.name) or [d or 1 for d in spec.shape],
+                                 spec.dtype)
                 array.flags.writeable = False
                 zeros[spec.name] = array
             self._zeros = zeros
         return self._zeros
+
+
+def _synthetic_shapes(model: str, slices: list[_Slice], loaded: LoadedModel, manifest,
+                      shapes: Mapping[str, ShapeRange] | None) -> None:
+    """Give each slice the `opt` shapes its synthetic inputs take, where they are known."""
+    try:
+        given = shapes or (manifest.shapes if manifest is not None else None)
+        resolved = resolve(model, loaded.inputs, given)
+        per_slice = slice_shapes(manifest, resolved) if manifest is not None else [resolved]
+    except ShapeError:   # a dynamic input without a shape: serving does not need one
+        return
+    for piece, ranges in zip(slices, per_slice):
+        piece.shapes = {name: r.opt for name, r in ranges.items()}
 
 
 class OnnxRuntimeBackend:
@@ -127,10 +148,14 @@ class OnnxRuntimeBackend:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first}") from None
 
-    def load(self, model: str, path: Path, instances: int) -> LoadedModel:
+    def load(self, model: str, path: Path, instances: int, *,
+             shapes: Mapping[str, ShapeRange] | None = None) -> LoadedModel:
+        """`shapes`: what synthetic (calibration) runs feed, at `opt`; requests are not
+        limited by them here (the server checks configured ranges)."""
         path = Path(path)
+        manifest = None
         if path.is_dir():
-            loaded, slices = self._load_sliced(path)
+            loaded, slices, manifest = self._load_sliced(path)
         elif path.suffix in (".engine", ".plan", ".trt"):
             raise ModelLoadError(f"{path}: a TensorRT engine; the onnxruntime backend needs a "
                                  ".onnx file or a sliced directory with manifest.json")
@@ -142,11 +167,12 @@ class OnnxRuntimeBackend:
             loaded = LoadedModel(inputs, outputs, 1)
         else:
             raise ModelLoadError(f"{path}: no such file or directory")
+        _synthetic_shapes(model, slices, loaded, manifest, shapes)
         self._slices[model] = slices
         self._outputs[model] = tuple(t.name for t in loaded.outputs)
         return loaded
 
-    def _load_sliced(self, directory: Path) -> tuple[LoadedModel, list[_Slice]]:
+    def _load_sliced(self, directory: Path):
         if not (directory / MANIFEST_NAME).is_file():
             raise ModelLoadError(f"{directory}: a directory without {MANIFEST_NAME}")
         manifest = read_manifest(directory)
@@ -159,7 +185,7 @@ class OnnxRuntimeBackend:
                 raise ModelLoadError(f"{manifest.slice_path(entry)}: its inputs/outputs do not "
                                      f"match slices[{entry.index}] in {MANIFEST_NAME}")
             slices.append(_Slice(session, entry.inputs, list(entry.outputs)))
-        return LoadedModel(manifest.inputs, manifest.outputs, len(slices)), slices
+        return LoadedModel(manifest.inputs, manifest.outputs, len(slices)), slices, manifest
 
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:

@@ -8,13 +8,17 @@ the EMC knows nothing of stream priorities), plus a cache/EMC term by which othe
 slows memory-bound work even below saturation. Each launch draws a multiplicative noise.
 The engine reads time from `now()`; `poll` advances it. Nothing here is visible to policies:
 they see only what profiling measures through launches, probes and `telemetry()`.
+Shapes: a model is costed at its inputs' `opt` shapes (the manifest's per-slice ranges for a
+sliced directory, else `load(..., shapes=)`); a dynamic input without one is refused at load.
+A request staged with other shapes (a batch of 4 within a range) runs and answers at its own
+shapes, costed on first sight and cached.
 """
 from __future__ import annotations
 
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -30,14 +34,32 @@ from edgesched.backends.sim_device import (
     slice_work,
     work_from_demand,
 )
-from edgesched.errors import ModelLoadError
-from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
+from edgesched.errors import EdgeschedError, InvalidInput, ModelLoadError
+from edgesched.modelfiles.costmodel import tensor_shapes
+from edgesched.modelfiles.manifest import MANIFEST_NAME, Manifest, read_manifest
+from edgesched.modelfiles.shaping import slice_shapes
+from edgesched.shapes import ShapeRange, resolve
 from edgesched.types import Completion, Launch, TensorSpec
 
 HIGH_PRIORITY_STREAM = 0
 PRIORITY_LEAK = 0.2     # share of low-priority SM pressure still felt by high-priority work
 CACHE_GAMMA = 0.4       # memory-time stretch per unit of others' bandwidth use (EMC/L2 term)
 NOISE_SIGMA = 0.03      # lognormal sigma of a launch's run time
+SHAPES_CACHED = 32      # per model: request shapes whose work and outputs are kept
+SHAPE_HINT = ("`shapes: {{{name}: {list}}}` (a size for each ?) on the model in the config or "
+              "workload file")
+
+
+@dataclass
+class _Source:
+    """What a model was loaded from, to cost it again at a request's own input shapes."""
+
+    path: Path
+    manifest: Manifest | None
+    opt: dict[str, tuple[int, ...]]                 # the shapes its default work is for
+    graphs: list[onnx.ModelProto] | None = None     # loaded on the first other shape
+    shaped: dict = field(default_factory=dict)      # shapes key -> (works, output shapes)
+    opt_outputs: dict | None = None                 # output shapes at `opt`
 
 
 @dataclass
@@ -97,6 +119,9 @@ class SimBackend:
         self._work: dict[str, list[SliceWork]] = {}
         self._outputs: dict[str, tuple[TensorSpec, ...]] = {}
         self._staged: dict[int, str] = {}
+        self._sources: dict[str, _Source] = {}
+        # request id -> its own (works, output shapes) when staged at other shapes than opt
+        self._request_shapes: dict[int, tuple[list[SliceWork], dict]] = {}
         self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
         self._probe_ids = 0
         self._busy_integral = self._traffic_integral = 0.0   # for telemetry()
@@ -106,26 +131,64 @@ class SimBackend:
         return self._now
 
     # --- loading ------------------------------------------------------------------------------
-    def load(self, model: str, path: Path, instances: int) -> LoadedModel:
+    def load(self, model: str, path: Path, instances: int, *,
+             shapes: Mapping[str, ShapeRange] | None = None) -> LoadedModel:
+        """`shapes`: the model inputs' shapes or ranges (config/workload `shapes:`); a sliced
+        directory's manifest supplies them when not given. Costed at `opt`."""
         path = Path(path)
+        manifest = None
         try:
             if path.is_dir():
                 if not (path / MANIFEST_NAME).is_file():
                     raise ModelLoadError(f"{path}: a directory without {MANIFEST_NAME}")
                 manifest = read_manifest(path)
-                works = [slice_work(onnx.load(str(manifest.slice_path(s))), self.spec)
-                         for s in manifest.slices]
                 inputs, outputs = manifest.inputs, manifest.outputs
+                resolved = resolve(model, inputs, shapes or manifest.shapes, SHAPE_HINT)
+                graphs = [onnx.load(str(manifest.slice_path(s))) for s in manifest.slices]
+                per_slice = slice_shapes(manifest, resolved, graphs)
             else:
-                graph = onnx.load(str(path))
-                works = [slice_work(graph, self.spec)]
-                inputs, outputs = _specs_from_graph(graph)
-        except ModelLoadError:
+                graphs = [onnx.load(str(path))]
+                inputs, outputs = _specs_from_graph(graphs[0])
+                resolved = resolve(model, inputs, shapes, SHAPE_HINT)
+                per_slice = [resolved]
+            works = [slice_work(g, self.spec, s) for g, s in zip(graphs, per_slice)]
+        except EdgeschedError:
             raise
         except Exception as e:   # protobuf/IO errors: one line naming the file
             raise ModelLoadError(f"{path}: cannot load it for simulation: "
                                  f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        self._sources[model] = _Source(path, manifest, {k: r.opt for k, r in resolved.items()})
         return self.load_work(model, works, inputs, outputs)
+
+    def _at_shapes(self, model: str, inputs: Mapping[str, np.ndarray]
+                   ) -> tuple[list[SliceWork], dict[str, tuple[int, ...]]] | None:
+        """(works, output shapes) of `model` for a request's tensors; None at the shapes it
+        was loaded for (or a model loaded from work or a profile: one cost for all)."""
+        source = self._sources.get(model)
+        got = {name: tuple(a.shape) for name, a in inputs.items()}
+        if source is None or got == source.opt:
+            return None
+        key = tuple(sorted(got.items()))
+        if key not in source.shaped:
+            if len(source.shaped) >= SHAPES_CACHED:
+                source.shaped.pop(next(iter(source.shaped)))
+            source.shaped[key] = self._cost(model, source, got)
+        return source.shaped[key]
+
+    def _cost(self, model: str, source: _Source, got: dict[str, tuple[int, ...]]
+              ) -> tuple[list[SliceWork], dict[str, tuple[int, ...]]]:
+        if source.graphs is None:
+            files = ([source.manifest.slice_path(e) for e in source.manifest.slices]
+                     if source.manifest else [source.path])
+            source.graphs = [onnx.load(str(f)) for f in files]
+        fixed = {name: ShapeRange.fixed_at(shape) for name, shape in got.items()}
+        per_slice = (slice_shapes(source.manifest, fixed, source.graphs) if source.manifest
+                     else [fixed])
+        works = [slice_work(g, self.spec, s) for g, s in zip(source.graphs, per_slice)]
+        known: dict[str, tuple] = dict(got)
+        for g, s in zip(source.graphs, per_slice):
+            known.update(tensor_shapes(g, s))
+        return works, {t.name: known[t.name] for t in self._outputs[model] if t.name in known}
 
     def load_profiled(self, model: str, demands, inputs=(), outputs=()) -> LoadedModel:
         """A model known only by its measured profile (a SliceDemand per slice): the second
@@ -140,14 +203,23 @@ class SimBackend:
 
     # --- running ------------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
+        try:
+            shaped = self._at_shapes(model, inputs) if inputs else None
+        except Exception as e:   # shape inference refuses these shapes: the request's fault
+            raise InvalidInput(f"model {model!r}: cannot run at input shapes "
+                               + ", ".join(f"{n}:{tuple(a.shape)}" for n, a in inputs.items())
+                               + f": {(str(e).splitlines() or [type(e).__name__])[0]}") from None
         self._staged[request_id] = model
+        if shaped is not None:
+            self._request_shapes[request_id] = shaped
 
     def launch(self, launch: Launch) -> None:
         if self._realtime:
             self._catch_up()          # it starts now, beside whatever is still running now
         if launch.stream in self._jobs:
             raise RuntimeError(f"stream {launch.stream} is busy")
-        work = self._work[launch.model][launch.slice_index]
+        shaped = self._request_shapes.get(launch.request_id)
+        work = (shaped[0] if shaped else self._work[launch.model])[launch.slice_index]
         self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
 
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
@@ -256,15 +328,29 @@ class SimBackend:
         return reading
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
-        """Simulated outputs are zeros of the model's output shapes (dynamic dims as 1)."""
+        """Simulated outputs are zeros of the model's output shapes: inferred from the
+        request's input shapes where they differ from opt, else as declared (dynamic dims as
+        1, a model loaded without a graph)."""
         model = self._staged.pop(request_id)
+        shaped = self._request_shapes.pop(request_id, None)
         if not self._make_outputs:
             return {}
-        return {t.name: np.zeros([d or 1 for d in t.shape], t.dtype)
+        inferred = shaped[1] if shaped else self._default_outputs(model)
+        return {t.name: np.zeros(inferred.get(t.name) or [d or 1 for d in t.shape], t.dtype)
                 for t in self._outputs[model]}
+
+    def _default_outputs(self, model: str) -> dict[str, tuple[int, ...]]:
+        """The output shapes at the shapes the model was loaded for (inferred once)."""
+        source = self._sources.get(model)
+        if source is None:
+            return {}
+        if source.opt_outputs is None:
+            source.opt_outputs = self._cost(model, source, source.opt)[1]
+        return source.opt_outputs
 
     def release(self, request_id: int) -> None:
         self._staged.pop(request_id, None)
+        self._request_shapes.pop(request_id, None)
 
     def bind(self, doorbell: Doorbell) -> None:
         """A ring ends a real-time poll's sleep early (the virtual clock never sleeps)."""

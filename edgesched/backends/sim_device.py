@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 import onnx
 
 from edgesched.devices import SPECS, DeviceSpec  # sim.py and tests import them from here
 from edgesched.modelfiles.costmodel import analyze
+from edgesched.shapes import ShapeRange
 
 # Ops that TensorRT fuses into the producing kernel's epilogue (pointwise on its output).
 FUSED = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish",
@@ -76,8 +78,8 @@ class _Kernel:
         return total
 
 
-def _kernels(model: onnx.ModelProto) -> list[_Kernel]:
-    report = analyze(model)
+def _kernels(model: onnx.ModelProto, shapes: Mapping[str, ShapeRange] | None) -> list[_Kernel]:
+    report = analyze(model, shapes)
     kernels: list[_Kernel] = []
     for cost in report.nodes:
         if cost.op_type in FREE or (cost.flops == 0 and cost.bytes == 0):
@@ -97,9 +99,13 @@ def _kernels(model: onnx.ModelProto) -> list[_Kernel]:
     return kernels
 
 
-def slice_work(model: onnx.ModelProto, spec: DeviceSpec) -> SliceWork:
+def slice_work(model: onnx.ModelProto, spec: DeviceSpec,
+               shapes: Mapping[str, ShapeRange] | None = None) -> SliceWork:
+    """The slice's work with its inputs at their `opt` shapes (`shapes`: input -> range; a
+    dynamic input it lacks is a ShapeError). None: dynamic dims as 1, for static graphs and
+    tests; the simulator and estimates always pass shapes."""
     launch = compute = memory = busy = traffic = compute_busy = memory_traffic = 0.0
-    kernels = _kernels(model)
+    kernels = _kernels(model, shapes)
     for k in kernels:
         fill = min(1.0, math.ceil(max(k.out_elems, 1) / TILE_OUTPUTS) / (CTAS_PER_SM * spec.sms))
         # A partly filled grid computes on its SMs only and issues loads from them only.

@@ -2,8 +2,11 @@
 
 The measurement itself is profiling.measure_profile (solo runs, telemetry, probes, pair
 co-runs). This module picks the backend, records the conditions a profile is only valid for
-(device, power mode, clocks, versions), writes the profile, and reports: a table, and a PNG
-(demands; predicted vs measured slowdown on held-out pairs) when matplotlib is installed.
+(device, power mode, clocks, versions) and the input shapes each model was measured at,
+writes the profile, and reports: a table, and a PNG (demands; predicted vs measured slowdown
+on held-out pairs) when matplotlib is installed. Models run at the `opt` of their shapes
+(config `shapes:`, else a sliced directory's manifest); a dynamic input without one stops
+calibration before anything runs, with one line naming the model, the input and the file.
 """
 from __future__ import annotations
 
@@ -21,8 +24,10 @@ from edgesched.commands.measure import measure_profile
 from edgesched.commands.table import format_table
 from edgesched.config import Config
 from edgesched.errors import BackendUnavailable
+from edgesched.modelfiles.shaping import model_shapes
 from edgesched.profiles import current_conditions
 from edgesched.sched.profile import Profile
+from edgesched.shapes import file_hint, to_json
 from edgesched.types import BackendName
 from edgesched.version import __version__
 
@@ -55,10 +60,13 @@ def _versions() -> dict:
 
 def calibrate(config: Config, runs: int = 5, pairs: int = 40, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> Profile:
+    shapes = {m.name: model_shapes(m.name, m.path, m.shapes, file_hint(config.source, i))
+              for i, m in enumerate(config.models)}
     conditions = current_conditions(config)
     backend = _backend(config)
     try:
-        models = load_models(backend, config.models)
+        models = load_models(backend, [dataclasses.replace(m, shapes=shapes[m.name])
+                                       for m in config.models])
         profile = measure_profile(backend, models, conditions["device"], runs=runs, pairs=pairs,
                                   seed=seed, progress=progress)
     finally:
@@ -66,7 +74,8 @@ def calibrate(config: Config, runs: int = 5, pairs: int = 40, seed: int = 0,
     meta = {**profile.meta, **conditions, "backend": backend.name,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
-            "models": {m.name: {"source": str(m.path), "slices": models[m.name].num_slices}
+            "models": {m.name: {"source": str(m.path), "slices": models[m.name].num_slices,
+                                "shapes": to_json(shapes[m.name])}
                        for m in config.models}}
     return dataclasses.replace(profile, meta=meta)
 

@@ -101,9 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--slices", type=_int_range(1, 64), required=True, metavar="N")
     build.add_argument("--out", type=Path, required=True, metavar="DIR")
     build.add_argument("--name", default=None, help="model name (default: the file's stem)")
-    build.add_argument("--fp16", action="store_true", help="TensorRT FP16 engines")
+    build.add_argument("--shape", type=_shape, action="append", default=[],
+                       metavar="NAME:DIMS", help="an input's shape, NAME:1x3x640x640 (a static "
+                       "engine), or a range NAME:MIN/OPT/MAX (1x3x320x320/1x3x640x640/"
+                       "1x3x1280x1280); repeat per input; needed for every dynamic input")
+    build.add_argument("--instances", type=_int_range(1, 64), default=1, metavar="N",
+                       help="TensorRT optimization profiles per engine for ranged inputs: one "
+                       "per instance served at once (default 1)")
+    build.add_argument("--fp16", action="store_true", help="TensorRT FP16 engines (TensorRT 11: "
+                       "the model must already be FP16)")
+    build.add_argument("--int8", action="store_true", help="TensorRT INT8 engines: a model with "
+                       "Q/DQ nodes as it is, else calibrated with --calibration-data")
+    build.add_argument("--calibration-data", type=Path, default=None, metavar="DIR",
+                       help="INT8 calibration samples: DIR/NAME.npy per model input, the "
+                       "samples concatenated along the first axis ((N, 3, 640, 640) is N "
+                       "samples of a 1x3x640x640 input); the cache goes to OUT/calibration/")
     build.add_argument("--dla", type=_int_range(0, 7), default=None, metavar="CORE",
-                       help="build for a DLA core, GPU fallback on (needs --fp16)")
+                       help="build for a DLA core, GPU fallback on (needs --fp16 or --int8)")
 
     sim = sub.add_parser("simulate", help="run a workload under each policy on a simulated "
                                           "Jetson GPU")
@@ -136,7 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--duration", type=_positive(float), default=30.0, metavar="S")
     pre.add_argument("--json", action="store_true")
 
-    sub.add_parser("selftest", help="check TensorRT, CUDA and telemetry on this machine")
+    selftest = sub.add_parser("selftest", help="check TensorRT, CUDA and telemetry on this "
+                                               "machine")
+    selftest.add_argument("--cuda", action="store_true",
+                          help="instead: the CUDA harness (cuda-python + NVRTC, no TensorRT): "
+                               "context, streams, events, zero-copy, probe kernels solo, "
+                               "co-run and by stream priority")
+    selftest.add_argument("--json", type=Path, default=None, metavar="PATH",
+                          help="with --cuda: write the harness's report as JSON")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -235,11 +256,26 @@ def _bench_soak(args) -> int:
     return 0 if result.clean else 1     # lost or duplicate replies, a crash, a bad server exit
 
 
+def _shape(text: str):
+    from edgesched.shapes import ShapeError, parse_text
+    try:
+        return parse_text(text)
+    except ShapeError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _build(args) -> int:
     from edgesched.backends.tensorrt import BuildOptions
     from edgesched.commands.build import build
-    print(build(args.model, args.slices, args.out, args.name,
-                BuildOptions(fp16=args.fp16, dla_core=args.dla)), flush=True)
+    shapes = {}
+    for name, shape in args.shape:
+        if name in shapes:
+            raise ConfigError("build", "--shape", f"one shape per input; {name!r} has two")
+        shapes[name] = shape
+    options = BuildOptions(fp16=args.fp16, int8=args.int8, dla_core=args.dla,
+                           profiles=args.instances)
+    print(build(args.model, args.slices, args.out, args.name, options, shapes=shapes,
+                calibration_data=args.calibration_data), flush=True)
     return 0
 
 
@@ -278,7 +314,7 @@ def _calibrate(args) -> int:
 def _predict(args) -> int:
     import json
 
-    from edgesched.commands.predict import format_prediction, parse_spec, predict
+    from edgesched.commands.predict import check_shapes, format_prediction, parse_spec, predict
     from edgesched.sched.profile import Profile
     config = load_config(args.config or default_config())
     try:
@@ -288,6 +324,7 @@ def _predict(args) -> int:
                           f"calibrate` ({str(e).splitlines()[0]})") from None
     defaults = {m.name: (m.slo_ms, m.priority) for m in config.models}
     specs = [parse_spec(text, profile, defaults) for text in args.models]
+    check_shapes(profile, config, [s.name for s in specs], str(args.profile))
     result = predict(profile, specs, args.policy or config.scheduler.policy.value,
                      duration_s=args.duration)
     print(json.dumps(result) if args.json else format_prediction(result), flush=True)
@@ -316,6 +353,12 @@ def _keys(args) -> int:
 
 
 def _selftest(args) -> int:
+    if args.cuda:
+        from edgesched.commands.cuda_check import cuda_check
+        return cuda_check(args.json, lambda line: print(line, flush=True))
+    if args.json is not None:
+        raise ConfigError("selftest", "--json", "--cuda with it (only the CUDA harness "
+                          "writes JSON)")
     from edgesched.commands.selftest import selftest
     return selftest(lambda line: print(line, flush=True))
 

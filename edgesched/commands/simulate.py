@@ -5,6 +5,8 @@ clock, with the workload's arrival processes. Before the runs, the models are sl
 workload says and profiled through the backend interface (profiling.py): the `interference`
 policy sees only that measured profile, never the simulator's internals. Each realtime model
 is also run alone, so its co-located p99 can be compared with its solo p99.
+Models are sliced and costed at their `shapes:` (opt); a dynamic input without one stops the
+run before anything is simulated, with one line naming the model, the input and the file.
 Every figure this module reports is simulated.
 """
 from __future__ import annotations
@@ -24,9 +26,11 @@ from edgesched.backends.sim_device import spec_for
 from edgesched.commands.measure import measure_profile
 from edgesched.commands.workload import Workload, arrival_times
 from edgesched.engine import Engine, Result, Submission
+from edgesched.modelfiles.shaping import model_shapes
 from edgesched.modelfiles.slicing import slice_model
 from edgesched.sched import make_policy
 from edgesched.sched.profile import Profile
+from edgesched.shapes import file_hint
 from edgesched.types import ModelInfo, Priority
 
 STREAMS = 4
@@ -42,14 +46,19 @@ class _Tally:
 
 
 def _prepare(workload: Workload, tmp: Path) -> dict[str, Path]:
-    """Slice each model as the workload asks (one directory per model)."""
+    """Slice each model as the workload asks (one directory per model), at its shapes. Every
+    model's shapes are resolved before the first is sliced: a missing one fails fast."""
+    hints = {m.name: file_hint(workload.source, i) for i, m in enumerate(workload.models)}
+    shapes = {m.name: model_shapes(m.name, m.path, m.shapes, hints[m.name])
+              for m in workload.models}
     paths = {}
     for m in workload.models:
         if m.slices == 1:
             paths[m.name] = m.path
         else:
             out = tmp / m.name
-            slice_model(m.path, m.slices, out, name=m.name)
+            slice_model(m.path, m.slices, out, name=m.name, shapes=shapes[m.name],
+                        shape_hint=hints[m.name])
             paths[m.name] = out
     return paths
 

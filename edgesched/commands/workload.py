@@ -1,7 +1,8 @@
 """Workload files for `edgesched simulate` and benchmarks: which models arrive how, on which device.
 
 A workload names a simulated Jetson, a duration and a seed, and per model the ONNX file, how
-many slices to cut it into, its SLO and priority, and an arrival process:
+many slices to cut it into, its SLO and priority, `shapes:` for its dynamic inputs (as in the
+server config; edgesched.shapes), and an arrival process:
 periodic (a camera at `fps`, optional `phase_ms` offset and `jitter_ms` delay), poisson
 (`rate_rps` on average) or closed (`concurrency` requests always in flight, each re-submitted
 when it completes). Validation follows config.py and reuses its checks: every mistake is one
@@ -32,10 +33,12 @@ from edgesched.config import (
     _one_of,
     _positive,
     _resolve,
+    _shapes,
     _Text,
     read_yaml,
 )
 from edgesched.errors import ConfigError
+from edgesched.shapes import ShapeRange
 from edgesched.types import Priority
 
 ARRIVAL_KINDS = ("periodic", "poisson", "closed")
@@ -63,6 +66,9 @@ class WorkloadModel:
     priority: Priority
     arrival: Arrival
     instances: int = 1                # concurrent requests one slice may run at once
+    # input -> fixed shape or range (edgesched.shapes): required for each dynamic input,
+    # the model is sliced and costed at opt
+    shapes: dict[str, ShapeRange] = dataclasses.field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,7 @@ def _models(source: str, data: Any, base_dir: Path) -> tuple[WorkloadModel, ...]
             "slices": _integer(1, MAX_SLICES), "slo_ms": _positive,
             "priority": _one_of(Priority),
             "arrival": lambda v, p=f"{prefix}.arrival": _arrival(source, p, v),
-            "instances": _integer(1, 16),
+            "instances": _integer(1, 16), "shapes": _shapes,
         }
         model = WorkloadModel(**_fields(source, prefix, entry, WorkloadModel, checks))
         for j, earlier in enumerate(models):

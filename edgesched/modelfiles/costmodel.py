@@ -7,18 +7,26 @@ slice). Counts are for one run of the graph as given (its batch size). Conventio
   twice; no caches: an upper bound on DRAM traffic, which is what a roofline wants).
 - Weights: initializers, Constant outputs, and outputs of nodes whose inputs are all weights
   (TensorRT and ONNX Runtime fold those at build time, so such nodes cost 0 themselves).
-- Dynamic dims count as 1; an untyped output (custom op) is guessed shaped like the node's
-  largest input. Either makes the node `estimated`; ops with no formula get a per-element guess.
+- Input shapes: with `shapes` (input name -> edgesched.shapes.ShapeRange) the graph is costed
+  at each input's `opt` shape, set on the inputs before shape inference, so every dim that
+  follows from them (batch, height, sequence...) is concrete; a dynamic input missing from
+  `shapes` is a ShapeError. Without `shapes` (tolerant callers: reports, tests) dynamic dims
+  count as 1 and make their nodes `estimated`: build, simulate, predict and calibrate always
+  pass shapes (edgesched.shapes.resolve first, which names the model and the option).
+- An untyped output (custom op) is guessed shaped like the node's largest input; that makes
+  the node `estimated`, as do ops with no formula (a per-element guess).
 Imports only onnx (no runtime), so it runs wherever slicing runs.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import onnx
 from onnx import helper
+
+from edgesched.shapes import ShapeError, ShapeRange
 
 Shape = tuple  # tuple[int | None, ...]; None is a dynamic or unknown dim
 
@@ -239,8 +247,10 @@ def _types(model: onnx.ModelProto) -> dict[str, tuple[Shape | None, int]]:
     return out
 
 
-def _light(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy for shape inference, its big initializers turned into typed graph inputs.
+def _light(model: onnx.ModelProto,
+           shapes: Mapping[str, ShapeRange] | None = None) -> onnx.ModelProto:
+    """A copy for shape inference, its big initializers turned into typed graph inputs, its
+    inputs set to their `opt` shapes when `shapes` is given (_concrete).
 
     Inference serializes the model: weights would dominate its time (~0.3 s for ResNet-50) and
     break it past 2 GB. Small initializers stay: data propagation reads them (Reshape targets).
@@ -251,8 +261,45 @@ def _light(model: onnx.ModelProto) -> onnx.ModelProto:
               if math.prod(i.dims) > _SMALL_INITIALIZER and i.name not in listed]
     graph = onnx.GraphProto(name=g.name, node=g.node, input=[*g.input, *hidden], output=g.output,
                             value_info=g.value_info, initializer=small)
+    if shapes is not None:
+        _concrete(graph, {i.name for i in g.initializer}, shapes)
     return onnx.ModelProto(ir_version=max(model.ir_version, 4), opset_import=model.opset_import,
                            functions=model.functions, graph=graph)
+
+
+def _concrete(graph: onnx.GraphProto, weights: set[str],
+              shapes: Mapping[str, ShapeRange]) -> None:
+    """Set every activation input of `graph` (a copy) to its `opt` shape. Where that changes
+    a declared shape, also forget the shapes recorded for all other tensors: inference keeps a
+    declared shape over the one it infers (an output exported as [1, 1000] stays so at batch
+    4), so they are inferred afresh; their element types stay (what types a custom op's
+    outputs). A static model at its declared shapes keeps them all (a custom op's too)."""
+    changed = False
+    for vi in graph.input:
+        if vi.name in weights or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        declared = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                    for d in tt.shape.dim] if tt.HasField("shape") else None
+        given = shapes.get(vi.name)
+        if given is None:
+            if declared is None or None in declared:
+                raise ShapeError(f"graph {graph.name or 'model'!r}: input {vi.name!r} has "
+                                 "dynamic dimensions and no shape was given for it")
+            continue
+        if declared is not None and not given.fits(declared):
+            raise ShapeError(f"graph {graph.name or 'model'!r}: input {vi.name!r} is declared "
+                             f"with {len(declared)} dims, which shape {given} does not fit")
+        if declared == list(given.opt):
+            continue
+        changed = True
+        tt.shape.ClearField("dim")
+        for size in given.opt:
+            tt.shape.dim.add().dim_value = size
+    if changed:
+        for vi in [*graph.value_info, *graph.output]:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
 
 
 def _infer(light: onnx.ModelProto) -> dict[str, tuple[Shape | None, int]]:
@@ -267,11 +314,13 @@ def _outputs(node: onnx.NodeProto) -> list[str]:
     return [t for t in node.output[:1 if node.op_type == "Dropout" else None] if t]
 
 
-def _infer_with_guesses(model: onnx.ModelProto) -> tuple[dict, set[str]]:
+def _infer_with_guesses(model: onnx.ModelProto,
+                        shapes: Mapping[str, ShapeRange] | None = None
+                        ) -> tuple[dict, set[str]]:
     """Inferred types, plus guesses for outputs inference cannot type (custom-domain ops): each
     is typed like its node's largest activation input, then inference reruns so the nodes after
     it get real shapes again. Also returns the names of the guessed tensors."""
-    light, consts, made_up = _light(model), {i.name for i in model.graph.initializer}, set()
+    light, consts, made_up = _light(model, shapes), {i.name for i in model.graph.initializer}, set()
     types = _infer(light)
     for _ in range(_GUESS_ROUNDS):
         guesses = {}
@@ -289,14 +338,17 @@ def _infer_with_guesses(model: onnx.ModelProto) -> tuple[dict, set[str]]:
     return types, made_up
 
 
-def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Every tensor with a known rank -> its shape (None for a dynamic dim), after inference."""
-    return {k: s for k, (s, _) in _infer(_light(model)).items() if s is not None}
+def tensor_shapes(model: onnx.ModelProto, shapes: Mapping[str, ShapeRange] | None = None
+                  ) -> dict[str, tuple[int | None, ...]]:
+    """Every tensor with a known rank -> its shape (None for a dynamic dim), after inference
+    (with the inputs at their `opt` shapes when `shapes` is given)."""
+    return {k: s for k, (s, _) in _infer(_light(model, shapes)).items() if s is not None}
 
 
-def tensor_bytes(model: onnx.ModelProto) -> dict[str, int | None]:
+def tensor_bytes(model: onnx.ModelProto, shapes: Mapping[str, ShapeRange] | None = None
+                 ) -> dict[str, int | None]:
     """Every typed tensor -> its size in bytes, None unless the shape and dtype are fully known."""
-    return {k: _bytes(s, elem) for k, (s, elem) in _infer(_light(model)).items()}
+    return {k: _bytes(s, elem) for k, (s, elem) in _infer(_light(model, shapes)).items()}
 
 
 def roofline_us(flops: float, bytes_: float, peak_flops: float, peak_bytes_per_s: float) -> float:
@@ -325,9 +377,12 @@ def _flops(node: onnx.NodeProto, view: _Node) -> tuple[float, bool]:
         return 0.0, fn is not None
 
 
-def analyze(model: onnx.ModelProto) -> CostReport:
-    """Cost every node of the top-level graph. Never raises for unknown ops or missing shapes."""
-    types, made_up = _infer_with_guesses(model)
+def analyze(model: onnx.ModelProto,
+            shapes: Mapping[str, ShapeRange] | None = None) -> CostReport:
+    """Cost every node of the top-level graph, at the inputs' `opt` shapes when `shapes` is
+    given (ShapeError for a dynamic input it lacks). Never raises for unknown ops or missing
+    shapes."""
+    types, made_up = _infer_with_guesses(model, shapes)
     consts = {i.name for i in model.graph.initializer}  # also those listed in graph.input (IR<4)
     nodes, unknown, missing = [], {}, 0
     for index, node in enumerate(model.graph.node):

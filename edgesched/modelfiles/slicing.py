@@ -8,12 +8,16 @@ Cut choice: prefer points where few tensors cross (one, in a chain of residual b
 to more only when that buys much better balance; among the allowed points, minimise the
 largest slice's estimated cost (binary search on the bound + a greedy fit, which is optimal
 for contiguous partitions).
+Shapes: slice_model costs the graph at its inputs' `opt` shapes (edgesched.shapes; a dynamic
+input without one is a ShapeError naming the model, the input and --shape), cuts only where
+every crossing tensor has a shape at min, opt and max, and records those ranges per slice.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -23,6 +27,8 @@ from edgesched import dtypes
 from edgesched.errors import ModelLoadError
 from edgesched.modelfiles.costmodel import NodeCost, analyze, roofline_us
 from edgesched.modelfiles.manifest import Manifest, SliceEntry, write_manifest
+from edgesched.modelfiles.shaping import tensor_ranges
+from edgesched.shapes import ShapeRange, resolve
 from edgesched.types import TensorSpec
 
 # Reference device for balancing when no measured per-node times are given: AGX Orin FP32 at
@@ -98,9 +104,9 @@ class _Graph:
                 if p < cut and self.last_use.get(t, -1) >= cut]
 
 
-def _node_costs_us(model: onnx.ModelProto, graph: _Graph,
-                   measured_us: dict[str, float] | None) -> tuple[np.ndarray, list[NodeCost]]:
-    report = analyze(model)
+def _node_costs_us(model: onnx.ModelProto, graph: _Graph, measured_us: dict[str, float] | None,
+                   shapes: Mapping[str, ShapeRange] | None) -> tuple[np.ndarray, list[NodeCost]]:
+    report = analyze(model, shapes)
     by_index = {c.index: c for c in report.nodes}
     index_of = {id(n): i for i, n in enumerate(model.graph.node)}
     costs, kept = [], []
@@ -168,12 +174,22 @@ def _split_further(prefix: np.ndarray, points: list[int], cuts: list[int],
     return cuts
 
 
-def plan_slices(model: onnx.ModelProto, parts: int,
-                measured_us: dict[str, float] | None = None) -> SlicePlan:
+def plan_slices(model: onnx.ModelProto, parts: int, measured_us: dict[str, float] | None = None,
+                shapes: Mapping[str, ShapeRange] | None = None) -> SlicePlan:
+    """Cuts for `parts` slices. With `shapes` (the inputs' ranges) nodes are costed at `opt`
+    and cuts pass only tensors with a shape at min, opt and max; without, dynamic dims count
+    as 1 (an estimate for tests and reports: slice_model always has shapes)."""
+    graph = _Graph(model)
+    ranges = None if shapes is None else tensor_ranges(model, shapes)
+    return _plan(model, graph, parts, measured_us, shapes, ranges)[0]
+
+
+def _plan(model: onnx.ModelProto, graph: _Graph, parts: int, measured_us: dict | None,
+          shapes: Mapping[str, ShapeRange] | None, ranges: dict[str, ShapeRange] | None
+          ) -> tuple[SlicePlan, list[NodeCost]]:
     if parts < 1:
         raise ValueError(f"parts must be >= 1, got {parts}")
-    graph = _Graph(model)
-    costs, _ = _node_costs_us(model, graph, measured_us)
+    costs, node_costs = _node_costs_us(model, graph, measured_us, shapes)
     n = len(graph.nodes)
     if n == 0:
         raise ModelLoadError(f"{model.graph.name or 'the model'} has no compute nodes to slice "
@@ -190,13 +206,15 @@ def plan_slices(model: onnx.ModelProto, parts: int,
                      f"{100 * costs[heaviest] / prefix[-1]:.0f}% of the model: no cut balances "
                      f"better than {costs[heaviest] * parts / prefix[-1]:.2f}")
     # A cut passes tensors between engines, so their types must be known (a custom op whose
-    # outputs shape inference cannot type is fine inside a slice, not at its edge).
+    # outputs shape inference cannot type is fine inside a slice, not at its edge), and, with
+    # shapes, their ranges too: a TensorRT profile for the next slice is built from them.
     crossing = {cut: graph.crossing(cut) for cut in range(1, n)}
-    width = {cut: len(ts) for cut, ts in crossing.items() if all(t in typed for t in ts)}
+    width = {cut: len(ts) for cut, ts in crossing.items()
+             if all(t in typed and (ranges is None or t in ranges) for t in ts)}
     usable = sorted(width)
     if len(usable) < n - 1:
         notes.append(f"{n - 1 - len(usable)} cut points skipped: a tensor there has no "
-                     "inferred type")
+                     "inferred type" + ("" if ranges is None else " or shape"))
     _, unrestricted = _min_max_cuts(prefix, usable, parts)
     unrestricted = _split_further(prefix, usable, unrestricted, parts)
     best_bound = _bound(prefix, unrestricted)
@@ -215,7 +233,7 @@ def plan_slices(model: onnx.ModelProto, parts: int,
     bounds = tuple(zip(edges[:-1], edges[1:]))
     plan = SlicePlan(bounds, tuple(float(prefix[b] - prefix[a]) for a, b in bounds),
                      tuple(tuple(crossing[c]) for c in cuts), tuple(notes))
-    return plan
+    return plan, node_costs
 
 
 def _bound(prefix: np.ndarray, cuts: list[int]) -> float:
@@ -332,18 +350,26 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 
 def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | None = None,
-                measured_us: dict[str, float] | None = None) -> tuple[Manifest, SlicePlan]:
-    """Write out_dir/slice_XX.onnx and out_dir/manifest.json; return them and the plan."""
+                measured_us: dict[str, float] | None = None,
+                shapes: Mapping[str, ShapeRange] | None = None, *,
+                shape_hint: str = "--shape {name}:{dims}") -> tuple[Manifest, SlicePlan]:
+    """Write out_dir/slice_XX.onnx and out_dir/manifest.json; return them and the plan.
+
+    `shapes`: input name -> fixed shape or range, for every input with dynamic dims (static
+    ones may be left out). A dynamic input without one is a ShapeError naming the model, the
+    input and `shape_hint` (how the caller's user gives it: resolve's `how`)."""
     model = load_onnx(path)
     graph = _Graph(model)
-    plan = plan_slices(model, parts, measured_us)
     infos = _value_infos(model)
     try:        # before anything is written: a model edgesched cannot serve leaves no files
         specs = (tuple(_spec(infos[x]) for x in graph.inputs),
                  tuple(_spec(infos[x]) for x in graph.outputs))
     except dtypes.UnsupportedDtype as e:
         raise ModelLoadError(f"{path}: {e}") from None
-    _, node_costs = _node_costs_us(model, graph, measured_us)
+    model_name = name or Path(path).stem
+    resolved = resolve(model_name, specs[0], shapes, shape_hint)
+    ranges = tensor_ranges(model, resolved)
+    plan, node_costs = _plan(model, graph, parts, measured_us, resolved, ranges)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob("slice_[0-9][0-9].*"):   # from an earlier build with more slices
@@ -356,9 +382,11 @@ def slice_model(path: str | Path, parts: int, out_dir: str | Path, name: str | N
         cost = {"flops": float(sum(c.flops for c in node_costs[start:end])),
                 "bytes": int(sum(c.bytes for c in node_costs[start:end])),
                 "est_us": round(est_us, 3), "nodes": end - start}
-        entries.append(SliceEntry(k, file, tuple(inputs), tuple(outputs), cost))
+        # every input has a range: graph inputs from `resolved`, cut tensors (plan cuts only
+        # where they have one) from inference at min, opt and max
+        entries.append(SliceEntry(k, file, tuple(inputs), tuple(outputs), cost,
+                                  shapes={t: resolved.get(t) or ranges[t] for t in inputs}))
     # `source` is recorded as given (not resolved): shipped manifests stay machine-independent.
-    manifest = Manifest(name or Path(path).stem, Path(path).name, *specs, tuple(entries),
-                        out_dir)
+    manifest = Manifest(model_name, Path(path).name, *specs, tuple(entries), out_dir, resolved)
     write_manifest(manifest)
     return manifest, plan

@@ -4,6 +4,8 @@ cleanly everywhere else (no tensorrt, no pycuda, or no CUDA device).
 """
 from __future__ import annotations
 
+import ctypes
+import json
 import threading
 import time
 from pathlib import Path
@@ -27,11 +29,12 @@ def _cuda_device() -> bool:
 
 pytestmark = pytest.mark.skipif(not _cuda_device(), reason="no CUDA device")
 
-from edgesched.backends.tensorrt import TensorRTBackend  # noqa: E402
+from edgesched.backends.tensorrt import BuildOptions, TensorRTBackend  # noqa: E402
 from edgesched.commands.build import build  # noqa: E402
 from edgesched.engine import Engine, Submission  # noqa: E402
-from edgesched.errors import ModelLoadError  # noqa: E402
+from edgesched.errors import InvalidInput, ModelLoadError  # noqa: E402
 from edgesched.sched import make_policy  # noqa: E402
+from edgesched.shapes import parse_text  # noqa: E402
 from edgesched.types import Launch, ModelInfo, Priority  # noqa: E402
 
 RNG = np.random.default_rng(3)
@@ -63,6 +66,39 @@ def sliced(tmp_path_factory) -> Path:
     report = build(root / "mlp.onnx", 2, root / "mlp", "mlp")
     assert "TensorRT" in report.splitlines()[-1], report
     return root / "mlp"
+
+
+def mlp(path: Path, batch: int | str) -> Path:
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["a"], name="relu"),
+             helper.make_node("Gemm", ["a", "w2", "b2"], ["y"], name="fc2")]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8])],
+        [numpy_helper.from_array(a, n) for n, a in
+         (("w1", W1), ("b1", B1), ("w2", W2), ("b2", B2))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ranged(tmp_path_factory) -> Path:
+    """The MLP with a dynamic batch, built for batches 1..8 with two profiles (instances)."""
+    root = tmp_path_factory.mktemp("trt-range")
+    build(mlp(root / "dyn.onnx", "N"), 2, root / "dyn", "dyn",
+          options=BuildOptions(profiles=2), shapes=dict([parse_text("x:1x16/4x16/8x16")]))
+    return root / "dyn"
+
+
+def _current_context() -> int:
+    """The driver's current context on this thread (0: none)."""
+    lib = ctypes.CDLL("libcuda.so.1")
+    lib.cuCtxGetCurrent.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    current = ctypes.c_void_p()
+    assert lib.cuCtxGetCurrent(ctypes.byref(current)) == 0
+    return current.value or 0
 
 
 @pytest.fixture
@@ -135,3 +171,46 @@ def test_close_stops_the_waiter_threads():
     made = TensorRTBackend(3)
     made.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("edgesched-trt-wait-")]
+
+
+def test_two_instances_of_a_batch_range_run_at_once_on_their_own_profiles(backend, ranged):
+    backend.load("dyn", ranged, 2)
+    xs = {1: RNG.standard_normal((3, 16)).astype(np.float32),
+          2: RNG.standard_normal((8, 16)).astype(np.float32)}
+    deadline = time.monotonic() + 10
+    for slice_index in (0, 1):
+        for rid in xs:
+            if slice_index == 0:
+                backend.stage(rid, "dyn", {"x": xs[rid]})
+            backend.launch(Launch(rid, "dyn", slice_index, rid - 1))
+        done = []
+        while len(done) < 2 and time.monotonic() < deadline:
+            done += backend.poll(0.5)
+        assert sorted(c.launch.request_id for c in done) == [1, 2]
+        assert all(c.error is None for c in done), [c.error for c in done]
+    for rid, x in xs.items():
+        np.testing.assert_allclose(backend.fetch(rid)["y"], reference(x), rtol=2e-2, atol=2e-2)
+    with pytest.raises(InvalidInput, match="outside the range"):
+        backend.stage(3, "dyn", {"x": np.zeros((9, 16), np.float32)})
+    with pytest.raises(ModelLoadError, match="--instances 3"):
+        backend.load("dyn3", ranged, 3)
+
+
+def test_engines_are_tagged_with_this_tensorrt_and_gpu(sliced):
+    import tensorrt
+    major, minor = cuda.Device(0).compute_capability()
+    for tag in sorted(sliced.glob("*.engine.json")):
+        raw = json.loads(tag.read_text())
+        assert raw["tensorrt"] == tensorrt.__version__
+        assert raw["compute_capability"] == f"{major}.{minor}"
+        assert raw["command"].startswith("edgesched build ")
+
+
+def test_close_and_device_report_leave_no_context_current():
+    from edgesched.backends.tensorrt import device_report
+    assert _current_context() == 0
+    made = TensorRTBackend(2)
+    made.close()
+    device_report()
+    assert _current_context() == 0
+    assert cuda.Context.get_current() is None

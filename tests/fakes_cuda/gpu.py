@@ -8,13 +8,20 @@ from typing import Callable
 
 import numpy as np
 
-SUCCESS, INVALID_VALUE, INVALID_CONTEXT, INVALID_HANDLE, NOT_READY = 0, 1, 201, 400, 600
+SUCCESS, INVALID_VALUE, NOT_INITIALIZED, INVALID_DEVICE = 0, 1, 3, 101
+INVALID_CONTEXT, INVALID_HANDLE, NOT_READY = 201, 400, 600
 ERROR_NAMES = {SUCCESS: "CUDA_SUCCESS", INVALID_VALUE: "CUDA_ERROR_INVALID_VALUE",
+               NOT_INITIALIZED: "CUDA_ERROR_NOT_INITIALIZED",
+               INVALID_DEVICE: "CUDA_ERROR_INVALID_DEVICE",
                INVALID_CONTEXT: "CUDA_ERROR_INVALID_CONTEXT",
                INVALID_HANDLE: "CUDA_ERROR_INVALID_HANDLE", NOT_READY: "CUDA_ERROR_NOT_READY"}
 DEFAULT_STREAMS = (0, 1, 2)           # NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD
 NON_BLOCKING, BLOCKING_SYNC, DISABLE_TIMING = 0x1, 0x1, 0x2
 DEVICEMAP = 0x2
+CC_MAJOR, CC_MINOR = 75, 76           # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+# Handles and addresses are above 2**32, like real ones: a ctypes call without argtypes (or with
+# c_int where a pointer goes) cannot pass them, or truncates them into unknown handles.
+PRIMARY_HANDLE = 0x7F3A_5000_0000     # the primary context's CUcontext
 SYNC_TIMEOUT_S = 10.0                 # a fake event that never completes: fail, don't hang
 
 
@@ -61,21 +68,25 @@ class FakeGpu:
     def __init__(self, integrated: bool = True, priority_range: tuple[int, int] = (0, -5)):
         self.integrated = integrated
         self.least, self.greatest = priority_range
+        self.name = "Fake Orin (integrated)" if integrated else "Fake discrete GPU"
+        self.compute_capability = (8, 7) if integrated else (9, 0)
+        self.dla_cores = 2 if integrated else 0
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.fail_execute: Callable[[str, dict], bool] | None = None
-        self.retains = 0
-        self.primary = None               # the pycuda Context object of the primary context
+        self.initialized = False          # cuInit called (by any binding)
+        self.retains = 0                  # cuDevicePrimaryCtxRetain - Release
         self.streams: dict[int, Stream] = {}
         self.events: dict[int, Event] = {}
         self.device: dict[int, Allocation] = {}     # device address -> allocation
         self.host: dict[int, Allocation] = {}       # host address -> pinned/mapped allocation
         self.contexts: list = []                    # every execution context created
-        self._stacks: dict[int, list] = {}          # thread ident -> context stack
+        self._stacks: dict[int, list[int]] = {}     # thread ident -> the DRIVER's context stack
+        self.pycuda_stacks: dict[int, list] = {}    # thread ident -> pycuda's own (make_pycuda)
         self._lock = threading.RLock()
         self._hold = False
         self._pending: list[Event] = []
-        self._handles = itertools.count(0x7000_0000, 0x100)
+        self._handles = itertools.count(0x7E10_0000_0000, 0x100)
         self._addresses = itertools.count(0x7F00_0000_0000, 1 << 24)
 
     # --- bookkeeping ------------------------------------------------------------------------
@@ -92,25 +103,45 @@ class FakeGpu:
 
     def need_context(self, op: str) -> bool:
         stack = self._stacks.get(threading.get_ident(), [])
-        if not stack or stack[-1] is not self.primary or self.retains <= 0:
+        if not stack or stack[-1] != PRIMARY_HANDLE or self.retains <= 0:
             self.violate(f"{op} without the retained primary context pushed on this thread")
             return False
         return True
 
-    def push(self, ctx) -> None:
-        self.record("ctx.push")
+    # the driver's per-thread current-context stack (cuCtxPushCurrent / cuCtxPopCurrent)
+    def ctx_push(self, handle: int) -> None:
+        self.record("cuCtxPushCurrent", handle)
         with self._lock:
-            self._stacks.setdefault(threading.get_ident(), []).append(ctx)
+            self._stacks.setdefault(threading.get_ident(), []).append(handle)
 
-    def pop(self):
-        self.record("ctx.pop")
+    def ctx_pop(self) -> tuple[int, int]:
+        self.record("cuCtxPopCurrent")
         with self._lock:
             stack = self._stacks.get(threading.get_ident())
             if not stack:
-                raise self.pycuda_error("cuCtxPopCurrent failed: invalid context")
-            return stack.pop()
+                return INVALID_CONTEXT, 0
+            return SUCCESS, stack.pop()
+
+    def current(self) -> int | None:
+        stack = self._stacks.get(threading.get_ident())
+        return stack[-1] if stack else None
+
+    def retain(self) -> int:
+        self.record("cuDevicePrimaryCtxRetain")
+        with self._lock:
+            self.retains += 1
+        return PRIMARY_HANDLE
+
+    def release_primary(self) -> None:
+        """cuDevicePrimaryCtxRelease: never pops the context from any thread's stack."""
+        self.record("cuDevicePrimaryCtxRelease")
+        with self._lock:
+            if self.retains <= 0:
+                self.violate("cuDevicePrimaryCtxRelease without a retain")
+            self.retains -= 1
 
     def unbalanced(self) -> dict[int, int]:
+        """Threads whose driver stack still holds contexts."""
         return {t: len(s) for t, s in self._stacks.items() if s}
 
     def handle(self) -> int:
@@ -183,6 +214,39 @@ class FakeGpu:
             return None
         return stream
 
+    def cu_init(self, via: str, flags: int) -> int:
+        self.record("cuInit", via, int(flags))
+        self.initialized = True
+        return SUCCESS
+
+    def cu_device_get(self, via: str, ordinal: int) -> tuple[int, int]:
+        self.record("cuDeviceGet", via, int(ordinal))
+        if not self.initialized:
+            return NOT_INITIALIZED, 0
+        return (SUCCESS, 0) if int(ordinal) == 0 else (INVALID_DEVICE, 0)
+
+    def cu_device_attribute(self, via: str, attribute: int, device: int) -> tuple[int, int]:
+        self.record("cuDeviceGetAttribute", via, int(attribute), int(device))
+        if not self.initialized:
+            return NOT_INITIALIZED, 0
+        values = {CC_MAJOR: self.compute_capability[0], CC_MINOR: self.compute_capability[1],
+                  18: int(self.integrated), 19: 1, 16: 8}   # INTEGRATED, CAN_MAP_HOST, SMs
+        if int(device) != 0:
+            return INVALID_DEVICE, 0
+        if int(attribute) not in values:
+            return INVALID_VALUE, 0
+        return SUCCESS, values[int(attribute)]
+
+    def cu_device_name(self, via: str, device: int) -> tuple[int, bytes]:
+        self.record("cuDeviceGetName", via, int(device))
+        if not self.initialized:
+            return NOT_INITIALIZED, b""
+        return (SUCCESS, self.name.encode()) if int(device) == 0 else (INVALID_DEVICE, b"")
+
+    def cu_ctx_pop(self, via: str) -> tuple[int, int]:
+        self.record("cuCtxPopCurrent_api", via)
+        return self.ctx_pop()
+
     def cu_priority_range(self, via: str) -> tuple[int, int, int]:
         self.record("cuCtxGetStreamPriorityRange", via)
         if not self.need_context("cuCtxGetStreamPriorityRange"):
@@ -211,7 +275,12 @@ class FakeGpu:
     def cu_stream_synchronize(self, via: str, handle: int) -> int:
         self.record("cuStreamSynchronize", via, handle)
         self.need_context("cuStreamSynchronize")
-        return SUCCESS if self._live_stream(handle, "cuStreamSynchronize") else INVALID_HANDLE
+        if not self._live_stream(handle, "cuStreamSynchronize"):
+            return INVALID_HANDLE
+        for context in self.contexts:           # profile switches queued there are done
+            if getattr(context, "switched_on", None) == handle:
+                context.switched_on = None
+        return SUCCESS
 
     def cu_event_create(self, via: str, flags: int) -> tuple[int, int]:
         self.record("cuEventCreate", via, int(flags))

@@ -35,8 +35,18 @@ def install(monkeypatch, *, integrated: bool = True, cuda_python: str | None = "
     libcuda: whether ctypes finds libcuda.so.1."""
     gpu = FakeGpu(integrated)
     trt = make_tensorrt(gpu, trt_version)
-    pycuda, pycuda_driver = make_pycuda(gpu)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    pycuda_driver, driver, lib = install_cuda(monkeypatch, gpu, cuda_python=cuda_python,
+                                              libcuda=libcuda)
+    return FakeCuda(gpu, trt, pycuda_driver, driver, lib)
+
+
+def install_cuda(monkeypatch, gpu: FakeGpu, *, cuda_python: str | None = "bindings",
+                 libcuda: bool = True):
+    """pycuda, cuda-python and libcuda.so.1 on `gpu` (without tensorrt: the builder tests
+    bring their own). Returns (pycuda.driver, the cuda-python module or None, FakeLibCuda or
+    None)."""
+    pycuda, pycuda_driver = make_pycuda(gpu)
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", pycuda_driver)
     monkeypatch.delitem(sys.modules, "pycuda.autoinit", raising=False)
@@ -64,4 +74,18 @@ def install(monkeypatch, *, integrated: bool = True, cuda_python: str | None = "
             monkeypatch.setitem(sys.modules, "cuda.cuda", driver)
     lib = FakeLibCuda(gpu) if libcuda else None
     monkeypatch.setattr(cuda_streams, "_load_libcuda", lambda: lib)
-    return FakeCuda(gpu, trt, pycuda_driver, driver, lib)
+    return pycuda_driver, driver, lib
+
+
+def check_balanced(gpu: FakeGpu) -> list[str]:
+    """What a finished test left behind: retains not released, contexts still pushed (in the
+    driver or in pycuda's own stack), on any thread."""
+    left = []
+    if gpu.retains:
+        left.append(f"{gpu.retains} primary-context retain(s) never released")
+    if gpu.unbalanced():
+        left.append(f"contexts left pushed in the driver: {gpu.unbalanced()}")
+    pushed = {t: len([c for c in s if c.valid]) for t, s in gpu.pycuda_stacks.items()}
+    if any(pushed.values()):
+        left.append(f"contexts left on pycuda's stack: {pushed}")
+    return left

@@ -60,34 +60,96 @@ def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
         PORTABLE, DEVICEMAP, WRITECOMBINED = 1, DEVICEMAP, 4
 
     def init(flags: int = 0) -> None:
-        gpu.record("cuInit", flags)
+        gpu.cu_init("pycuda", flags)
 
     def get_driver_version() -> int:
         return 12020                       # CUDA 12.2 (JetPack 6), encoded as the driver does
 
+    # pycuda keeps its own per-thread stack of Context objects beside the driver's stack of
+    # CUcontexts (src/cpp/cuda.hpp: context_stack, prepare_context_switch, detach).
+    stacks: dict[int, list] = {}
+    gpu.pycuda_stacks = stacks
+
+    def _stack() -> list:
+        return stacks.setdefault(threading.get_ident(), [])
+
+    def _current(except_=None):
+        stack = _stack()
+        while stack:
+            top = stack[-1]
+            if top is not except_ and top.valid:
+                return top
+            stack.pop()                     # an invalid (detached) context: dropped
+        return None
+
+    def _prepare_switch() -> None:
+        if _stack():
+            gpu.ctx_pop()
+
+    def _need_current(what: str) -> None:
+        if _current() is None:
+            raise LogicError(f"{what} failed: invalid context - no currently active context?")
+
     class Context:
-        def __init__(self, primary: bool):
-            self.primary = primary
+        def __init__(self, handle: int, primary: bool):
+            self.handle, self.primary = handle, primary
+            self.valid = True
+            self.thread = threading.get_ident()     # pycuda's m_thread: where it was made
 
         def push(self) -> None:
-            gpu.push(self)
+            gpu.record("ctx.push")
+            if not self.valid:
+                raise LogicError("cannot activate dead context")
+            _prepare_switch()
+            gpu.ctx_push(self.handle)
+            _stack().append(self)
 
         @staticmethod
         def pop() -> None:
-            gpu.pop()
+            gpu.record("ctx.pop")
+            _prepare_switch()
+            stack = _stack()
+            if not stack:
+                raise LogicError("context::pop failed: invalid context - cannot pop "
+                                 "non-current context")
+            stack.pop()
+            current = _current()
+            if current is not None:
+                gpu.ctx_push(current.handle)
 
         def detach(self) -> None:
+            """A primary context's detach is cuDevicePrimaryCtxRelease, which never pops."""
             gpu.record("ctx.detach", self.primary)
+            if not self.valid:
+                raise LogicError("context::detach failed: invalid context - cannot detach from "
+                                 "invalid context")
+            active = _current() is self
+            if active:
+                self._release()
+            elif self.thread == threading.get_ident():
+                gpu.ctx_push(self.handle)   # pushed to release it: "pop is implicit" it is not
+                self._release()
+            # else: another thread's context; pycuda assumes it is gone and leaks the retain
+            self.valid = False
+            if active:
+                new = _current(except_=self)
+                if new is not None:
+                    gpu.ctx_push(new.handle)
+
+        def _release(self) -> None:
             if self.primary:
-                gpu.retains -= 1
+                gpu.release_primary()
+            else:                           # cuCtxDetach: destroys and pops a made context
+                gpu.ctx_pop()
 
         @staticmethod
         def get_current():
-            stack = gpu._stacks.get(threading.get_ident())
-            return stack[-1] if stack else None
+            return _current()
 
     class Device:
         def __init__(self, ordinal: int):
+            if not gpu.initialized:
+                raise LogicError("cuDeviceGet failed: initialization error")
             if ordinal != 0:
                 raise LogicError("cuDeviceGet failed: invalid device ordinal")
 
@@ -96,10 +158,10 @@ def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
             return 1
 
         def name(self) -> str:
-            return "Fake Orin (integrated)" if gpu.integrated else "Fake discrete GPU"
+            return gpu.name
 
         def compute_capability(self) -> tuple[int, int]:
-            return (8, 7) if gpu.integrated else (9, 0)
+            return gpu.compute_capability
 
         def get_attribute(self, attr) -> int:
             if not isinstance(attr, device_attribute):
@@ -109,15 +171,15 @@ def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
                     device_attribute.MULTIPROCESSOR_COUNT: 8}[attr]
 
         def retain_primary_context(self) -> Context:
+            """A new Context object per call, each owning one retain (as pycuda does)."""
             gpu.record("retain_primary_context")
-            if gpu.primary is None:
-                gpu.primary = Context(primary=True)
-            gpu.retains += 1
-            return gpu.primary
+            return Context(gpu.retain(), primary=True)
 
         def make_context(self, flags: int = 0) -> Context:
             gpu.violate("Device.make_context: a new context, not the primary one")
-            return Context(primary=False)
+            context = Context(gpu.handle(), primary=False)
+            context.push()
+            return context
 
     class Stream:
         """pycuda's Stream: no priority argument, so using it is a violation here."""
@@ -167,6 +229,7 @@ def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
             gpu.free(self._alloc)
 
     def pagelocked_empty(shape, dtype, order: str = "C", mem_flags: int = 0) -> np.ndarray:
+        _need_current("pagelocked_empty")
         dtype = np.dtype(dtype)
         shape = (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -184,7 +247,17 @@ def make_pycuda(gpu: FakeGpu) -> tuple[types.ModuleType, types.ModuleType]:
             gpu.free(self._alloc)
 
     def mem_alloc(nbytes: int) -> DeviceAllocation:
+        _need_current("mem_alloc")
         return DeviceAllocation(gpu.allocate("device", nbytes))
+
+    def memcpy_htod(dest, src) -> None:
+        """Synchronous host -> device copy of a host buffer (numpy array)."""
+        gpu.need_context("cuMemcpyHtoD")
+        data = np.frombuffer(memoryview(src).cast("B"), np.uint8)
+        view = gpu.device_view(int(dest), data.size, "memcpy_htod")
+        gpu.record("memcpy_htod", int(dest), data.size)
+        if view is not None:
+            view[:] = data
 
     def memcpy_htod_async(dest, src, stream=None) -> None:
         _pycuda_stream(stream, "memcpy_htod_async")

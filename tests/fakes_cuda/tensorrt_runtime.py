@@ -1,32 +1,59 @@
-"""Fake `tensorrt` runtime (engines as JSON blobs, execution contexts) on the simulated GPU."""
+"""Fake `tensorrt` runtime (engines as JSON blobs, execution contexts) on the simulated GPU.
+
+What it holds the backend to, from NvInferRuntime.h and python/src/infer/pyCore.cpp of
+TensorRT 8.6.1 and 10.x (the execution context itself is in tensorrt_context.py):
+  - an engine has `num_optimization_profiles` (1 for a static engine); `get_tensor_profile_shape
+    (name, k)` gives an input's [min, opt, max] in profile k;
+  - `Runtime.DLA_core` (default -1: a DLA engine then runs on core 0) is read when an engine is
+    deserialized; `num_DLA_cores` is the device's;
+  - an engine deserializes only under the TensorRT major it was built with and, when its blob
+    names one, on a GPU of its compute capability;
+  - the DataType members (and `nptype`) of each version: no BF16, INT64 or INT4 on 8.6.
+"""
 from __future__ import annotations
 
 import enum
 import importlib.machinery
 import itertools
 import json
-import threading
 import types
 from pathlib import Path
 
 import numpy as np
 
-from tests.fakes_cuda.gpu import NON_BLOCKING, FakeGpu
+from tests.fakes_cuda.gpu import FakeGpu
+from tests.fakes_cuda.tensorrt_context import make_context_class
 
-# --- tensorrt ------------------------------------------------------------------------------------
+DEFAULT_RANGE = (1, 1, 64)            # a dynamic dim's (min, opt, max) when a test names none
 
-def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10) -> bytes:
+
+def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
+                profiles: int | list | None = None, dla_core: int | None = None,
+                compute_capability: str | None = None) -> bytes:
     """A fake serialized engine. inputs: {name: (dtype, shape)}; outputs: {name: (dtype, shape,
     source input, addend)}: output = source + addend. -1 dims are dynamic; an output's -1
-    dims take its source's dims."""
+    dims take its source's dims. profiles (engines with dynamic inputs): a list of {input:
+    (min, opt, max)}, one per optimization profile, or a count of profiles with every dynamic
+    dim in DEFAULT_RANGE (default 1). dla_core: built for DLA. compute_capability: "8.7":
+    only a GPU of that capability deserializes it."""
+    dynamic = {n: s for n, (_, s) in inputs.items() if -1 in s}
+    if not isinstance(profiles, list):
+        def span(shape, k):
+            return [DEFAULT_RANGE[k] if d < 0 else d for d in shape]
+        profiles = [{n: [span(s, 0), span(s, 1), span(s, 2)] for n, s in dynamic.items()}
+                    for _ in range(profiles or 1)] if dynamic else []
     return json.dumps({"fake_trt_engine": name, "trt_major": trt_major,
                        "inputs": {k: [v[0], list(v[1])] for k, v in inputs.items()},
                        "outputs": {k: [v[0], list(v[1]), v[2], v[3]]
-                                   for k, v in outputs.items()}}).encode()
+                                   for k, v in outputs.items()},
+                       "profiles": [{n: [list(d) for d in r] for n, r in p.items()}
+                                    for p in profiles],
+                       "dla_core": dla_core, "compute_capability": compute_capability}).encode()
 
 
-def write_engine(path: Path, name: str, inputs: dict, outputs: dict, trt_major: int = 10) -> Path:
-    path.write_bytes(engine_blob(name, inputs, outputs, trt_major))
+def write_engine(path: Path, name: str, inputs: dict, outputs: dict, trt_major: int = 10,
+                 **options) -> Path:
+    path.write_bytes(engine_blob(name, inputs, outputs, trt_major, **options))
     return path
 
 
@@ -66,18 +93,39 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
         def __init__(self, min_severity: int = 2):
             self.min_severity = min_severity
 
+    if major >= 10:
+        class ExecutionContextAllocationStrategy(enum.Enum):
+            STATIC = 0
+            ON_PROFILE_CHANGE = 1
+            USER_MANAGED = 2
+        strategies = ExecutionContextAllocationStrategy
+    else:
+        strategies = None
+
+    IExecutionContext = make_context_class(gpu, major, TensorIOMode, nptype)
+
     class ICudaEngine:
-        def __init__(self, spec: dict):
+        def __init__(self, spec: dict, dla_core: int | None):
             self.name = spec["fake_trt_engine"]
             self._io = {n: (TensorIOMode.INPUT, by_name[d], tuple(s), None)
                         for n, (d, s) in spec["inputs"].items()}
             self._io |= {n: (TensorIOMode.OUTPUT, by_name[d], tuple(s), (src, add))
                          for n, (d, s, src, add) in spec["outputs"].items()}
             self._names = list(self._io)
+            self.dynamic = [n for n, (m, _, s, _) in self._io.items()
+                            if m is TensorIOMode.INPUT and -1 in s]
+            self.profiles = [{n: tuple(tuple(d) for d in r) for n, r in p.items()}
+                             for p in spec.get("profiles") or []]
+            self.dla_core = dla_core           # the core it runs on (None: a GPU engine)
+            self.contexts: list = []
 
         @property
         def num_io_tensors(self) -> int:
             return len(self._names)
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return len(self.profiles) if self.dynamic else 1
 
         def get_tensor_name(self, index: int) -> str:
             return self._names[index]
@@ -91,88 +139,46 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
         def get_tensor_shape(self, name: str) -> tuple:
             return self._io[name][2]
 
-        def create_execution_context(self):
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
+            """[min, opt, max]; invalid Dims (here: empty) for a bad name or index, as the C++
+            getProfileShape returns them."""
+            mode, _, dims, _ = self._io.get(name, (None, None, (), None))
+            if mode is not TensorIOMode.INPUT or not \
+                    0 <= profile_index < self.num_optimization_profiles:
+                return [(), (), ()]
+            if name not in self.dynamic:
+                return [dims, dims, dims]
+            return list(self.profiles[profile_index][name])
+
+        def profile_limits(self, index: int, name: str) -> tuple | None:
+            if name not in self.dynamic or not 0 <= index < len(self.profiles):
+                return None
+            return self.profiles[index][name]
+
+        def create_execution_context(self, strategy=None):
+            if strategy is not None and strategies is None:
+                raise TypeError("create_execution_context(): incompatible function arguments "
+                                "(8.6 takes no allocation strategy)")
+            if strategy is not None and not isinstance(strategy, strategies):
+                raise TypeError("create_execution_context(): incompatible function arguments")
+            own_memory = strategy is None or strategy is not strategies.USER_MANAGED
+            return self._new_context(own_memory)
+
+        if major < 10:
+            def create_execution_context_without_device_memory(self):
+                return self._new_context(False)
+
+        def _new_context(self, own_memory: bool):
             gpu.need_context("create_execution_context")
-            context = IExecutionContext(self, next(context_ids))
+            if major >= 10 or not self.dynamic:
+                profile = 0
+            else:      # 8.6: profile 0 only if no other context holds it; later ones get none
+                profile = -1 if any(c.profile == 0 for c in self.contexts) else 0
+            context = IExecutionContext(self, next(context_ids), profile, own_memory)
+            self.contexts.append(context)
             gpu.contexts.append(context)
-            gpu.record("create_execution_context", self.name, context.id)
+            gpu.record("create_execution_context", self.name, context.id, profile)
             return context
-
-    class IExecutionContext:
-        def __init__(self, engine: ICudaEngine, context_id: int):
-            self.engine, self.id = engine, context_id
-            self.shapes: dict[str, tuple] = {}
-            self.addresses: dict[str, int] = {}
-            self.busy: threading.Event | None = None   # completion of its last launch
-
-        def set_input_shape(self, name: str, shape) -> bool:
-            gpu.record("set_input_shape", self.id, name, tuple(shape))
-            mode, _, dims, _ = self.engine._io.get(name, (None, None, (), None))
-            shape = tuple(int(d) for d in shape)
-            if mode is not TensorIOMode.INPUT or len(shape) != len(dims) or any(
-                    d != s and d >= 0 for d, s in zip(dims, shape)) or min(shape) < 1:
-                return False
-            self.shapes[name] = shape
-            return True
-
-        def get_tensor_shape(self, name: str) -> tuple:
-            mode, _, dims, source = self.engine._io[name]
-            if mode is TensorIOMode.INPUT:
-                return self.shapes.get(name, dims)
-            src = self.get_tensor_shape(source[0])
-            return tuple(s if d < 0 else d for d, s in zip(dims, src))
-
-        def set_tensor_address(self, name: str, ptr: int) -> bool:
-            if not isinstance(ptr, int):
-                raise TypeError("set_tensor_address(): incompatible function arguments")
-            gpu.record("set_tensor_address", self.id, name, ptr)
-            if name not in self.engine._io:
-                return False
-            self.addresses[name] = ptr
-            return True
-
-        def _view(self, name: str) -> np.ndarray | None:
-            _, dtype, _, _ = self.engine._io[name]
-            shape = self.get_tensor_shape(name)
-            np_dtype = np.dtype(nptype(dtype))
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-            raw = gpu.device_view(self.addresses[name], nbytes, f"{self.engine.name}/{name}")
-            return None if raw is None else raw.view(np_dtype).reshape(shape)
-
-        def execute_async_v3(self, stream_handle: int) -> bool:
-            if not isinstance(stream_handle, int):
-                raise TypeError("execute_async_v3(): incompatible function arguments")
-            gpu.record("execute_async_v3", self.engine.name, self.id, stream_handle,
-                       dict(self.addresses))
-            gpu.need_context("execute_async_v3")
-            stream = gpu._live_stream(stream_handle, "execute_async_v3")
-            if stream is None:
-                return False
-            if not stream.flags & NON_BLOCKING:
-                gpu.violate("execute_async_v3 on a blocking stream (syncs with the default one)")
-            if self.busy is not None and not self.busy.is_set() or any(
-                    self in s.unrecorded for s in gpu.streams.values()):
-                gpu.violate(f"execution context {self.id} launched while its last launch runs")
-            unset = [n for n in self.engine._names if n not in self.addresses]
-            dynamic = [n for n, (m, _, d, _) in self.engine._io.items()
-                       if m is TensorIOMode.INPUT and -1 in d and n not in self.shapes]
-            if unset or dynamic:
-                gpu.violate(f"{self.engine.name}: execute_async_v3 with no address for "
-                            f"{unset} / no shape for dynamic inputs {dynamic}")
-                return False
-            views = {n: self._view(n) for n in self.engine._names}
-            if any(v is None for v in views.values()):
-                return False
-            inputs = {n: views[n].copy() for n, (m, *_) in self.engine._io.items()
-                      if m is TensorIOMode.INPUT}
-            if gpu.fail_execute is not None and gpu.fail_execute(self.engine.name, inputs):
-                return False
-            for n, (mode, _, _, source) in self.engine._io.items():
-                if mode is TensorIOMode.OUTPUT:
-                    out = views[n]
-                    out[...] = (inputs[source[0]] + source[1]).astype(out.dtype)
-            stream.unrecorded.append(self)
-            return True
 
     class Runtime:
         def __init__(self, logger: Logger):
@@ -180,9 +186,28 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
                 raise TypeError("Runtime(): incompatible function arguments")
             gpu.need_context("Runtime()")
             self.logger = logger
+            self._dla_core = -1
+
+        @property
+        def num_DLA_cores(self) -> int:      # noqa: N802 (the real name)
+            return gpu.dla_cores
+
+        @property
+        def DLA_core(self) -> int:           # noqa: N802
+            return self._dla_core
+
+        @DLA_core.setter
+        def DLA_core(self, core: int) -> None:   # noqa: N802
+            if not isinstance(core, int) or isinstance(core, bool):
+                raise TypeError("DLA_core: incompatible function arguments")
+            gpu.record("runtime.DLA_core", core)
+            if not -1 <= core < gpu.dla_cores:     # TensorRT logs an error and keeps the old
+                gpu.record("trt.error", f"DLA core {core} out of range")
+                return
+            self._dla_core = core
 
         def deserialize_cuda_engine(self, blob) -> ICudaEngine | None:
-            gpu.record("deserialize_cuda_engine")
+            gpu.record("deserialize_cuda_engine", self._dla_core)
             gpu.need_context("deserialize_cuda_engine")
             try:
                 spec = json.loads(bytes(blob))
@@ -190,9 +215,16 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
                 return None                 # the real runtime logs an error and returns None
             if not isinstance(spec, dict) or spec.get("trt_major") != major:
                 return None
-            return ICudaEngine(spec)
+            named = [v[0] for v in [*spec["inputs"].values(), *spec["outputs"].values()]]
+            if any(d not in by_name for d in named):    # e.g. int64 on 8.6: no such type
+                return None
+            built_for = spec.get("compute_capability")
+            if built_for and built_for != "{}.{}".format(*gpu.compute_capability):
+                return None
+            dla = None if spec.get("dla_core") is None else max(self._dla_core, 0)
+            return ICudaEngine(spec, dla)
 
     for name, value in list(locals().items()):
-        if isinstance(value, type) or name == "nptype":
+        if (isinstance(value, type) and name != "strategies") or name == "nptype":
             setattr(trt, name, value)
     return trt

@@ -25,8 +25,9 @@ def one_line(error: BaseException) -> str:
 
 
 def two_slice_model(directory: Path, *, batch: int | None = 1, engines: bool = True,
-                    trt_major: int = 10) -> Path:
-    """x[batch,4] -> slice 0 (h = x + 1) -> slice 1 (y = h + 10); batch None: dynamic."""
+                    trt_major: int = 10, profiles: int | list | None = None) -> Path:
+    """x[batch,4] -> slice 0 (h = x + 1) -> slice 1 (y = h + 10); batch None: dynamic, with
+    `profiles` optimization profiles per engine (fakes_cuda.engine_blob)."""
     directory.mkdir(parents=True, exist_ok=True)
     dim = -1 if batch is None else batch
     entries = []
@@ -36,7 +37,7 @@ def two_slice_model(directory: Path, *, batch: int | None = 1, engines: bool = T
         if engine:
             write_engine(directory / engine, f"slice_{index:02d}",
                          {src: ("float32", (dim, 4))}, {dst: ("float32", (dim, 4), src, add)},
-                         trt_major)
+                         trt_major, profiles=profiles)
         entries.append(SliceEntry(index, f"slice_{index:02d}.onnx", (src,), (dst,), {}, engine))
     write_manifest(Manifest(MODEL, "twostep.onnx", (TensorSpec("x", "float32", (batch, 4)),),
                             (TensorSpec("y", "float32", (batch, 4)),), tuple(entries),

@@ -1,17 +1,19 @@
 """`edgesched build` with a fake TensorRT: an engine per slice, FP16, DLA, network flags."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shlex
 
 import onnx
 import pytest
 
 from edgesched.backends import tensorrt as trt_backend
-from edgesched.backends.tensorrt import BuildOptions, EngineBuildError, build_engine
+from edgesched.backends.tensorrt import BuildOptions, EngineBuildError, build_engine, cuda_streams
 from edgesched.commands import cli
 from edgesched.commands.build import build
-from edgesched.modelfiles.manifest import read_manifest
+from edgesched.modelfiles.manifest import SliceEntry, read_manifest
 from tests.unit.build_tensorrt_helpers import one_line
 
 # --- the fake is what the code under test sees ----------------------------------------------
@@ -116,10 +118,43 @@ def test_dla_core_beyond_the_device_is_a_one_line_error(fake_trt, residual_onnx,
 
 
 @pytest.mark.parametrize("version, flags", [("8.6.1", 1), ("8.6.2.3", 1), ("10.0.1.6", 0),
-                                            ("10.3.0", 0), ("10.7.0.post1", 0)])
+                                            ("10.3.0", 0), ("10.7.0.post1", 0), ("11.0.0", 0)])
 def test_network_flags_per_tensorrt_version(fake_trt, residual_onnx, tmp_path, version, flags):
     fake = fake_trt(version=version)
     build_engine(residual_onnx, tmp_path / "x.engine", BuildOptions())
     assert fake.named("create_network") == [("create_network", flags)]
     if flags:
         assert flags == 1 << int(fake.module.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+
+
+# --- what built each engine -------------------------------------------------------------------
+
+def test_each_engine_is_tagged_with_the_tensorrt_and_gpu_that_built_it(fake_trt, residual_onnx,
+                                                                      tmp_path):
+    fake = fake_trt(version="10.3.0", dla_cores=2)
+    out = tmp_path / "o"
+    build(residual_onnx, 2, out, "chain", options=BuildOptions(fp16=True, dla_core=1))
+    command = shlex.join(["edgesched", "build", str(residual_onnx.resolve()), "--slices", "2",
+                          "--out", str(out.resolve()), "--name", "chain", "--fp16", "--dla", "1"])
+    manifest = read_manifest(out)
+    for entry in manifest.slices:
+        tag = json.loads((out / f"{entry.engine}.json").read_text())
+        assert tag == {"tensorrt": "10.3.0", "compute_capability": "8.7",
+                       "device": "Fake Orin (integrated)", "dla_core": 1, "precision": ["fp16"],
+                       "profiles": 0, "shapes": tag["shapes"], "command": command}
+        if "dla_core" in {f.name for f in dataclasses.fields(SliceEntry)}:
+            assert entry.dla_core == 1                 # the manifest records it per slice
+    # the compute capability came from the driver, through ctypes (no pycuda needed to build)
+    assert {c.args[0] for c in fake.gpu.named("cuDeviceGetAttribute")} == {"libcuda"}
+    # the layer dump deserialized each DLA engine onto its own core
+    assert fake.named("deserialize_cuda_engine") == [("deserialize_cuda_engine", 1)] * 2
+
+
+def test_without_a_cuda_driver_the_build_says_why_in_one_line(fake_trt, residual_onnx, tmp_path,
+                                                             monkeypatch):
+    fake = fake_trt()
+    monkeypatch.setattr(cuda_streams, "_load_libcuda", lambda: None)
+    with pytest.raises(EngineBuildError) as info:
+        build_engine(residual_onnx, tmp_path / "x.engine", BuildOptions())
+    assert "compute capability" in one_line(info.value) and "libcuda.so.1" in str(info.value)
+    assert not fake.named("build_serialized_network")

@@ -1,6 +1,7 @@
 """The sliced-model directory format: round trip, and one ModelLoadError line per defect."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def test_write_then_read_is_the_same_manifest(tmp_path):
     assert [s.cost for s in back.slices] == [s.cost for s in manifest.slices]
     assert back.slices[2].engine == "slice_2.engine" and back.slices[0].engine is None
     assert back.slice_path(back.slices[1]) == tmp_path / "detector" / "slice_1.onnx"
+
+
+def test_the_dla_core_of_a_slice_round_trips_and_is_absent_for_the_gpu(tmp_path):
+    manifest = three_slices(tmp_path)
+    slices = (*manifest.slices[:2], dataclasses.replace(manifest.slices[2], dla_core=1))
+    write_manifest(dataclasses.replace(manifest, slices=slices))
+    assert [s.get("dla_core") for s in raw(tmp_path)["slices"]] == [None, None, 1]
+    assert [s.dla_core for s in read_manifest(tmp_path).slices] == [None, None, 1]
 
 
 def test_read_accepts_a_string_path(tmp_path):
@@ -177,6 +186,8 @@ def test_slices_out_of_order(tmp_path):
     ({"inputs": []}, "slices[1].inputs must be a non-empty list of tensor names"),
     ({"outputs": ["h1", 2]}, "slices[1].outputs must be a non-empty list of tensor names"),
     ({"engine": 5}, "slices[1].engine must be a file name"),
+    ({"dla_core": -1}, "slices[1].dla_core must be a DLA core number"),
+    ({"dla_core": True}, "slices[1].dla_core must be a DLA core number"),
 ])
 def test_bad_slice_fields(tmp_path, change, fragment):
     write_manifest(three_slices(tmp_path))

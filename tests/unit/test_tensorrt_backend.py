@@ -137,6 +137,7 @@ def test_primary_context_is_pushed_on_every_cuda_thread_and_released(cuda, tmp_p
     assert gpu.named("cuInit") and len(gpu.named("retain_primary_context")) == 1
     assert gpu.retains == 0 and gpu.named("ctx.detach") == [
         fakes_cuda.Call("ctx.detach", threading.current_thread().name, (True,))]
+    assert fakes_cuda.check_balanced(gpu) == []          # released, and nothing left pushed
     pushers = {c.thread for c in gpu.named("ctx.push")}
     assert {f"{WAITER}0", f"{WAITER}1", threading.current_thread().name} <= pushers
     assert "pycuda.autoinit" not in sys.modules
@@ -230,7 +231,8 @@ def test_the_fakes_catch_contract_breaks(cuda, tmp_path):
     gpu, drv = fake.gpu, fake.pycuda_driver
     with pytest.raises(ImportError):
         import pycuda.autoinit  # noqa: F401
-    drv.Device(0).make_context()
+    drv.init()
+    drv.Device(0).make_context().detach()                          # pushed, then popped
     ctx = drv.Device(0).retain_primary_context()
     engine = fake.tensorrt.Runtime(fake.tensorrt.Logger())  # no context pushed
     ctx.push()
@@ -242,7 +244,9 @@ def test_the_fakes_catch_contract_breaks(cuda, tmp_path):
     assert context.execute_async_v3(int(stream)) is False          # no addresses set
     fake.cuda_python.cuEventCreate(0)                               # would spin
     drv.Context.pop()
+    ctx.push()                                     # the balanced release (context.py)
     ctx.detach()
+    fake.cuda_python.cuCtxPopCurrent()
     found = "\n".join(gpu.violations)
     for text in ("pycuda.autoinit", "make_context", "Runtime() without", "default stream",
                  "no address", "BLOCKING_SYNC"):

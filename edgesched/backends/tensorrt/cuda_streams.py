@@ -12,8 +12,10 @@ ctypes releases the GIL around foreign calls, while cuda-python does only in new
 (its 12.8-generated sources call the driver with the GIL held; the 13.0 ones wrap every call in
 `with nogil`), and a waiter holding the GIL would stall the engine thread for a whole slice.
 
-Every call acts on the calling thread's current context: callers push the primary context
-first. Handles are plain ints (what TensorRT's `execute_async_v3` takes); 0 never appears.
+Every stream, event and copy call acts on the calling thread's current context: callers push
+the primary context first. `ctx_pop` pops whatever is current (pycuda's `Context.detach` of a
+retained primary context pushes it and never pops: see context.py). `device_identity` needs no
+context. Handles are plain ints (what TensorRT's `execute_async_v3` takes); 0 never appears.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ CU_STREAM_NON_BLOCKING = 0x1       # no implicit sync with the legacy default st
 CU_EVENT_BLOCKING_SYNC = 0x1       # synchronize() sleeps in the driver instead of spinning
 CU_EVENT_DISABLE_TIMING = 0x2      # cheaper record; we time completions on the host clock
 EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING
+CC_MAJOR, CC_MINOR = 75, 76        # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+NAME_BYTES = 256                   # cuDeviceGetName buffer (names are far shorter)
 LIBCUDA = "libcuda.so.1"
 
 
@@ -63,6 +67,12 @@ class Driver(Protocol):
     def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         """Pinned host address <- device pointer, ordered on `stream`."""
 
+    def ctx_pop(self) -> None:
+        """cuCtxPopCurrent: pop this thread's current context."""
+
+    def device_identity(self, ordinal: int) -> tuple[str, tuple[int, int]]:
+        """(name, (major, minor) compute capability) of device `ordinal` (cuInit first)."""
+
 
 # --- ctypes on libcuda.so.1 -------------------------------------------------------------------
 
@@ -89,6 +99,11 @@ _SIGNATURES = {
     "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, _P, ctypes.c_size_t, _P],
     "cuMemcpyDtoHAsync_v2": [_P, ctypes.c_uint64, ctypes.c_size_t, _P],
     "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+    "cuCtxPopCurrent_v2": [ctypes.POINTER(_P)],
+    "cuInit": [ctypes.c_uint],
+    "cuDeviceGet": [ctypes.POINTER(ctypes.c_int), ctypes.c_int],
+    "cuDeviceGetAttribute": [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int],
+    "cuDeviceGetName": [ctypes.c_char_p, ctypes.c_int, ctypes.c_int],
 }
 
 
@@ -145,6 +160,20 @@ class CtypesDriver:
 
     def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         self._call("cuMemcpyDtoHAsync_v2", dst, src, nbytes, stream)
+
+    def ctx_pop(self) -> None:
+        popped = _P()
+        self._call("cuCtxPopCurrent_v2", ctypes.byref(popped))
+
+    def device_identity(self, ordinal: int) -> tuple[str, tuple[int, int]]:
+        self._call("cuInit", 0)
+        device, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        self._call("cuDeviceGet", ctypes.byref(device), ordinal)
+        self._call("cuDeviceGetAttribute", ctypes.byref(major), CC_MAJOR, device)
+        self._call("cuDeviceGetAttribute", ctypes.byref(minor), CC_MINOR, device)
+        name = ctypes.create_string_buffer(NAME_BYTES)
+        self._call("cuDeviceGetName", name, NAME_BYTES, device)
+        return name.value.decode(errors="replace"), (major.value, minor.value)
 
 
 # --- cuda-python -------------------------------------------------------------------------------
@@ -213,6 +242,19 @@ class CudaPythonDriver:
 
     def memcpy_dtoh_async(self, dst: int, src: int, nbytes: int, stream: int) -> None:
         self._call("cuMemcpyDtoHAsync", dst, src, nbytes, stream)
+
+    def ctx_pop(self) -> None:
+        self._call("cuCtxPopCurrent")
+
+    def device_identity(self, ordinal: int) -> tuple[str, tuple[int, int]]:
+        self._call("cuInit", 0)
+        (device,) = self._call("cuDeviceGet", ordinal)
+        attribute = getattr(self._cu, "CUdevice_attribute", int)   # the enum where it exists
+        (major,) = self._call("cuDeviceGetAttribute", attribute(CC_MAJOR), device)
+        (minor,) = self._call("cuDeviceGetAttribute", attribute(CC_MINOR), device)
+        (name,) = self._call("cuDeviceGetName", NAME_BYTES, device)
+        text = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
+        return text, (int(major), int(minor))
 
 
 def open_driver() -> Driver:

@@ -1,7 +1,6 @@
 """`TensorRTBackend`: serving engines in the device's shared primary CUDA context."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -14,53 +13,25 @@ import numpy as np
 from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.build import _import_trt
+from edgesched.backends.tensorrt.context import PrimaryContext, device_report, import_pycuda
+from edgesched.backends.tensorrt.loading import ENGINE_SUFFIXES, Loader
 from edgesched.backends.tensorrt.memory import Pool as _Pool
 from edgesched.backends.tensorrt.memory import Tensor as _Tensor
+from edgesched.backends.tensorrt.slices import Slice as _Slice
 from edgesched.backends.tensorrt.state import Flight as _Flight
 from edgesched.backends.tensorrt.state import Model as _Model
 from edgesched.backends.tensorrt.state import Request as _Request
-from edgesched.backends.tensorrt.state import Slice as _Slice
-from edgesched.errors import BackendUnavailable, EdgeschedError, ModelLoadError
-from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
+from edgesched.errors import BackendUnavailable, EdgeschedError, InvalidInput, ModelLoadError
+from edgesched.shapes import ShapeRange
 from edgesched.types import Completion, Launch
 
 # Everything runs in the device's PRIMARY context (the one TensorRT's runtime API uses), pushed
-# around every CUDA-calling section of the engine thread and for the life of each waiter thread.
-# Streams, events and stream-ordered copies go through cuda_streams (priorities; see there why
-# not pycuda); memory comes from pycuda.
+# around every CUDA-calling section of the engine thread and for the life of each waiter thread
+# (context.py: retained once, released balanced). Streams, events and stream-ordered copies go
+# through cuda_streams (priorities; see there why not pycuda); memory comes from pycuda.
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+__all__ = ["ENGINE_SUFFIXES", "TensorRTBackend", "device_report"]
 log = logging.getLogger("edgesched.tensorrt")
-
-
-def _import_pycuda():
-    try:
-        import pycuda.driver as cuda  # never pycuda.autoinit: it makes a second context
-    except ImportError:
-        raise BackendUnavailable("pycuda is not importable: pip install pycuda (it builds on the "
-                                 "Jetson), or use backend: onnxruntime") from None
-    return cuda
-
-
-def device_report(device: int = 0) -> str:
-    """One line on the CUDA device for `edgesched selftest`: name, SMs, compute capability,
-    integrated or discrete, driver version, stream priority range."""
-    cuda = _import_pycuda()
-    cuda.init()
-    dev = cuda.Device(device)
-    attr = cuda.device_attribute
-    ctx = dev.retain_primary_context()
-    ctx.push()
-    try:
-        least, greatest = cuda_streams.open_driver().priority_range()
-    finally:
-        cuda.Context.pop()
-    major, minor = dev.compute_capability()
-    driver = cuda.get_driver_version()
-    kind = "integrated (zero-copy)" if dev.get_attribute(attr.INTEGRATED) else "discrete"
-    return (f"{dev.name()}, {dev.get_attribute(attr.MULTIPROCESSOR_COUNT)} SMs, compute "
-            f"{major}.{minor}, {kind}, driver {driver // 1000}.{driver % 1000 // 10}, stream "
-            f"priorities {greatest} (highest) .. {least}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -88,16 +59,16 @@ class TensorRTBackend:
         if streams < 1:
             raise ValueError("streams must be >= 1")
         self._trt = _import_trt()
-        self._cuda = _import_pycuda()
+        self._cuda = import_pycuda()
         self.num_streams = streams
         self.stream_priorities: list[int] = []
         self.zero_copy = False
-        self._ctx = None
+        self._primary: PrimaryContext | None = None
+        self._loader: Loader | None = None
         self._closed = False
         self._streams: list[int] = []
         self._events: list[int] = []               # free events; _all_events owns them
         self._all_events: list[int] = []
-        self._engines: dict[Path, object] = {}
         self._models: dict[str, _Model] = {}
         self._requests: dict[int, _Request] = {}
         self._done = Doorbell()        # rung with each finished launch; the engine's once bound
@@ -115,20 +86,22 @@ class TensorRTBackend:
 
     def _open(self, device: int) -> None:
         cuda, trt = self._cuda, self._trt
-        cuda.init()
-        dev = cuda.Device(device)
-        attr = cuda.device_attribute
+        self._driver = cuda_streams.open_driver()      # first: it pops what pycuda leaves
+        self._primary = PrimaryContext(cuda, device, self._driver)
+        dev, attr = self._primary.device, cuda.device_attribute
         self.zero_copy = bool(dev.get_attribute(attr.INTEGRATED)) and \
             bool(dev.get_attribute(attr.CAN_MAP_HOST_MEMORY))
-        self._ctx = dev.retain_primary_context()
-        self._driver = cuda_streams.open_driver()
+        compute_capability = "{}.{}".format(*dev.compute_capability())
         with self._current():
             least, greatest = self._driver.priority_range()
             self.stream_priorities = [greatest] + [least] * (self.num_streams - 1)
             for priority in self.stream_priorities:
                 self._streams.append(self._driver.stream_create(priority))
             self._logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime = trt.Runtime(self._logger)
+            runtime = trt.Runtime(self._logger)
+        # profiles are selected on the lowest-priority stream, which is synchronized at once
+        self._loader = Loader(trt, runtime, compute_capability, self._streams[-1],
+                              self._driver.stream_synchronize)
         self._pool = _Pool(cuda, self.zero_copy)
         for s in range(self.num_streams):
             work: queue.SimpleQueue = queue.SimpleQueue()
@@ -138,102 +111,53 @@ class TensorRTBackend:
             self._waiters.append(thread)
             thread.start()
 
-    @contextlib.contextmanager
     def _current(self):
         """The primary context current on this thread for the block (push/pop are cheap)."""
-        self._ctx.push()
-        try:
-            yield
-        finally:
-            self._cuda.Context.pop()
+        return self._primary.current()
 
     # --- loading ----------------------------------------------------------------------------
-    def load(self, model: str, path: Path, instances: int) -> LoadedModel:
-        path = Path(path)
-        if path.is_dir():
-            loader = self._load_sliced
-        elif path.suffix in ENGINE_SUFFIXES and path.is_file():
-            loader = self._load_engine_file
-        elif path.suffix == ".onnx":
-            raise ModelLoadError(f"{path}: an ONNX model; the tensorrt backend serves engines: "
-                                 "run `edgesched build` on the device")
-        elif not path.exists():
-            raise ModelLoadError(f"{path}: no such file or directory")
-        else:
-            raise ModelLoadError(f"{path}: not a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}) "
-                                 "nor a sliced directory with manifest.json")
+    def load(self, model: str, path: Path, instances: int, *,
+             shapes: Mapping[str, ShapeRange] | None = None) -> LoadedModel:
+        """`shapes`: the config's shapes or ranges; each must lie inside what the engines were
+        built for (their profiles), or the model is refused here rather than every request."""
         with self._current():
-            loaded = loader(path, max(instances, 1))
+            loaded = self._loader.load(Path(path), max(instances, 1))
+        for name, wanted in (shapes or {}).items():
+            for piece in loaded.readers.get(name, ()):
+                why = piece.refused(name, wanted.min) or piece.refused(name, wanted.max)
+                if why:
+                    raise ModelLoadError(f"{path}: shapes: {name} {wanted} does not fit the "
+                                         f"engines: {why}; rebuild with `edgesched build "
+                                         f"--shape {name}:{wanted}`")
         self._models[model] = loaded
         return LoadedModel(loaded.inputs, loaded.outputs, len(loaded.slices))
 
-    def _engine(self, path: Path):
-        """Each engine file is deserialized once, however many models or slices use it."""
-        key = path.resolve()
-        if key not in self._engines:
-            try:
-                blob = path.read_bytes()
-            except OSError as e:
-                raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
-            try:
-                engine = self._runtime.deserialize_cuda_engine(blob)
-            except Exception:  # the bindings raise on some malformed blobs instead of None
-                engine = None
-            if engine is None:
-                raise ModelLoadError(
-                    f"{path}: TensorRT {self._trt.__version__} cannot deserialize it: most likely "
-                    "built for another TensorRT version or another GPU; rebuild it on this "
-                    "device with `edgesched build`")
-            self._engines[key] = engine
-        return self._engines[key]
-
-    def _load_engine_file(self, path: Path, instances: int) -> _Model:
-        piece = _Slice(self._trt, self._engine(path), instances, path)
-        return _Model([piece], [piece.spec(n) for n in piece.inputs],
-                      [piece.spec(n) for n in piece.outputs])
-
-    def _load_sliced(self, directory: Path, instances: int) -> _Model:
-        if not (directory / MANIFEST_NAME).is_file():
-            raise ModelLoadError(f"{directory}: a directory without {MANIFEST_NAME}")
-        manifest = read_manifest(directory)
-        missing = [e for e in manifest.slices if not e.engine]
-        if missing:
-            raise ModelLoadError(f"{directory}: slice {missing[0].index} ({missing[0].file}) has "
-                                 "no TensorRT engine; run `edgesched build` on the device")
-        slices: list[_Slice] = []
-        dtypes: dict[str, np.dtype] = {}
-        for entry in manifest.slices:
-            path = directory / entry.engine
-            if not path.is_file():
-                raise ModelLoadError(f"{path}: no such engine (slices[{entry.index}] in "
-                                     f"{MANIFEST_NAME}); run `edgesched build` on the device")
-            piece = _Slice(self._trt, self._engine(path), instances, path)
-            if set(piece.inputs) != set(entry.inputs) or \
-                    not set(entry.outputs) <= set(piece.outputs):
-                raise ModelLoadError(f"{path}: its inputs/outputs do not match "
-                                     f"slices[{entry.index}] in {MANIFEST_NAME}")
-            for name, dtype in piece.dtypes.items():
-                if dtypes.setdefault(name, dtype) != dtype:
-                    raise ModelLoadError(f"{path}: tensor {name!r} is {dtype} here but "
-                                         f"{dtypes[name]} in an earlier slice's engine")
-            slices.append(piece)
-        return _Model(slices, manifest.inputs, manifest.outputs)
-
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
-        """Copy the inputs into device-visible memory (staged with none: synthetic zeros)."""
+        """Copy the inputs into device-visible memory (staged with none: synthetic zeros).
+        InvalidInput, before anything is held, for a shape the engines were not built for."""
         m = self._models[model]
+        arrays = {}
+        for spec in m.inputs:
+            if spec.name in inputs:
+                array = arrays[spec.name] = np.asarray(inputs[spec.name])
+                for piece in m.readers[spec.name]:
+                    why = piece.refused(spec.name, array.shape)
+                    if why:
+                        raise InvalidInput(f"model {model!r}: {why}")
+            elif not inputs:
+                readers = m.readers[spec.name]
+                shape = readers[0].opt_shape(spec.name) if readers else \
+                    [d or 1 for d in spec.shape]
+                arrays[spec.name] = np.zeros(shape, spec.dtype)
         request = _Request(m, synthetic=not inputs)
         self._requests[request_id] = request
         try:
             with self._current():
                 for spec in m.inputs:
-                    if spec.name in inputs:
-                        array = np.asarray(inputs[spec.name])
-                    elif request.synthetic:
-                        array = np.zeros([d or 1 for d in spec.shape], spec.dtype)
-                    else:
+                    if spec.name not in arrays:
                         continue                          # the launch that reads it fails
+                    array = arrays[spec.name]
                     dtype = m.dtypes.get(spec.name, spec.np_dtype)
                     tensor = self._tensor(request, spec.name, dtype, array.shape, host=True)
                     np.copyto(tensor.view(), array, casting="unsafe")  # to the engine's dtype
@@ -302,9 +226,10 @@ class TensorRTBackend:
         """Bind every I/O tensor of the slice and queue it (copies too) on `stream`."""
         for name in piece.inputs:
             tensor = request.tensors.get(name) or self._zeros(request, piece, name)
+            # model inputs were checked in `stage`; a tensor crossing a cut can still miss
             if -1 in piece.shapes[name] and not context.set_input_shape(name, tensor.shape):
-                raise _LaunchError(f"input {name!r}: shape {list(tensor.shape)} is outside "
-                                   "the engine's optimization profile")
+                raise _LaunchError(piece.refused(name, tensor.shape) or f"input {name!r}: "
+                                   f"TensorRT refused shape {list(tensor.shape)}")
             if tensor.dirty and tensor.nbytes:
                 self._driver.memcpy_htod_async(tensor.buf.ptr, tensor.buf.host_ptr,
                                                tensor.nbytes, stream)
@@ -339,7 +264,7 @@ class TensorRTBackend:
         if not request.synthetic:
             raise _LaunchError(f"tensor {name!r} is not there (no input, or its slice has "
                                "not run)")
-        shape = tuple(1 if d < 0 else d for d in piece.shapes[name])
+        shape = piece.opt_shape(name)
         tensor = self._tensor(request, name, piece.dtypes[name], shape, host=True)
         tensor.view().fill(0)
         tensor.dirty = not self.zero_copy
@@ -347,7 +272,7 @@ class TensorRTBackend:
 
     def _wait(self, work: queue.SimpleQueue) -> None:
         """A waiter thread: sleeps in event synchronize, one launch after another."""
-        self._ctx.push()
+        self._primary.push()
         try:
             while (flight := work.get()) is not None:
                 try:
@@ -357,7 +282,7 @@ class TensorRTBackend:
                 flight.finished_s = time.monotonic()
                 self._done.ring(flight)
         finally:
-            self._cuda.Context.pop()
+            self._primary.pop()
 
     def poll(self, timeout_s: float) -> list[Completion]:
         return [self._finish(flight) for flight in self._done.wait(timeout_s)]
@@ -411,7 +336,7 @@ class TensorRTBackend:
             work.put(None)
         for thread in self._waiters:
             thread.join(timeout=30.0)
-        if self._ctx is None:
+        if self._primary is None or not self._primary.retained:
             return
         if any(thread.is_alive() for thread in self._waiters):
             # A slice is still running (it overran the launch timeout): freeing its memory
@@ -425,17 +350,16 @@ class TensorRTBackend:
             log.warning("closing the TensorRT backend: %s", _one_line(e))
         finally:
             try:
-                self._ctx.detach()
+                self._primary.release()
             except Exception as e:
                 log.warning("releasing the primary CUDA context: %s", _one_line(e))
-            self._ctx = None
 
     def _free_everything(self) -> None:
         self._done.wait(0.0)                         # flights hold execution contexts
         self._requests.clear()
         self._models.clear()                         # execution contexts, then engines, runtime
-        self._engines.clear()
-        self._runtime = None
+        if self._loader is not None:
+            self._loader.clear()
         steps = [("buffers", self._pool.free_all)] if self._pool else []
         steps += [("event", lambda e=e: self._driver.event_destroy(e)) for e in self._all_events]
         steps += [("stream", lambda s=s: self._driver.stream_destroy(s)) for s in self._streams]
