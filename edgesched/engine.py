@@ -114,8 +114,6 @@ class Engine:
                 backend.stage(request.id, request.model, inputs)
             except InvalidInput as e:            # fits the model's specs, not the engine's
                 refused.append((request, e))
-        for request, error in refused:
-            self._carry_out(self.life.refused(request, error))
         for launch in update.launches:
             backend.launch(launch)
         for request_id in update.freed:
@@ -124,6 +122,8 @@ class Engine:
             self.stats.set_queue_depth(model, depth)
         for answer in update.answers:
             self._answer(answer)
+        for request, error in refused:        # after this update's queue depths, not before
+            self._carry_out(self.life.refused(request, error))
 
     def _answer(self, answer: Answer) -> None:
         request, outputs = answer.request, None

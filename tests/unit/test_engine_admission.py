@@ -164,6 +164,8 @@ def test_request_is_not_launched_again_exactly_at_its_deadline():
 def test_inputs_the_backend_refuses_at_staging_fail_only_that_request():
     h = Harness([model_info("a", 2)], "greedy")
     bad, good = h.submit("a", x=-1), h.submit("a")
+    h.step(0)
+    assert h.counters("a")["queue_depth"] == 1         # only the good one is queued
     h.run()
     assert isinstance(h.error(bad, InvalidInput), InvalidInput)
     h.ok(good)
