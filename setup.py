@@ -25,7 +25,10 @@ setup(
     packages=find_packages(include=["edgesched", "edgesched.*"]),
     # the probe kernels' CUDA C sources, compiled at run time with NVRTC
     package_data={"edgesched.backends.tensorrt.probes": ["*.cu"]},
-    install_requires=["numpy>=1.22", "pyyaml>=5.4", "pyzmq>=23", "msgpack>=1.0", "onnx>=1.14"],
+    # prometheus_client: /metrics (`serve --metrics`); small, pure Python, no dependencies of
+    # its own, so a core dependency rather than an extra a Jetson install could miss.
+    install_requires=["numpy>=1.22", "pyyaml>=5.4", "pyzmq>=23", "msgpack>=1.0", "onnx>=1.14",
+                      "prometheus_client>=0.17"],
     extras_require={
         "cpu": ["onnxruntime>=1.16"],
         "jetson": ["pycuda>=2022.2", "jetson-stats>=4.2"],

@@ -22,6 +22,7 @@ from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpo
     SYSTEMD_ENDPOINT,
     default_endpoint,
     group_id,
+    metrics_address,
     read_server_keys,
     require_keys,
 )
@@ -57,6 +58,7 @@ class ServerConfig:
     socket_group: str | int | None = None    # ipc: the group whose members may connect
     curve_secret_key: Path | None = None     # the server's CURVE certificate (.key_secret)
     curve_authorized_keys: Path | None = None  # directory of accepted client public keys
+    metrics: str | None = None               # Prometheus /metrics at "HOST:PORT" (None: off)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class LimitsConfig:
                                                # request; the stream stays held until it ends
     unhealthy_after: int = 3                   # consecutive failed launches -> model unhealthy
     unhealthy_retry_s: float = 5.0             # an unhealthy model gets one probe this often
+    drift_threshold: float = 0.20              # |measured/profiled slice time - 1| that is drift
+    drift_sustain_s: float = 10.0              # ... when it lasts this long (then logged once)
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,20 @@ def _server_checks(base_dir: Path) -> _Checks:
         return None if v is None else _resolve(v, base_dir)
     return {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
             "drain_timeout_s": _positive, "socket_group": _group,
-            "curve_secret_key": optional_path, "curve_authorized_keys": optional_path}
+            "curve_secret_key": optional_path, "curve_authorized_keys": optional_path,
+            "metrics": _metrics}
+
+
+def _metrics(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise _Invalid("null (off), PORT or HOST:PORT", v)
+    try:
+        metrics_address(str(v))
+    except ValueError as e:
+        raise _Invalid(str(e), v) from None
+    return str(v)
 
 
 def _server(source: str, data: Any, base_dir: Path) -> ServerConfig:
@@ -302,7 +319,8 @@ _SCHEDULER: _Checks = {"policy": _one_of(PolicyName), "tolerance": _tolerance,
                        "early_reject": _boolean}
 _LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1),
                     "launch_timeout_s": _positive, "unhealthy_after": _integer(1),
-                    "unhealthy_retry_s": _positive}
+                    "unhealthy_retry_s": _positive, "drift_threshold": _positive,
+                    "drift_sustain_s": _positive}
 
 
 def _join(prefix: str, key: object) -> str:

@@ -44,6 +44,27 @@ def is_loopback(endpoint: str) -> bool:
         return False                           # `*`, a host name or an interface: a network
 
 
+def metrics_address(value: str) -> tuple[str, int]:
+    """(host, port) of a metrics listener from "PORT" (loopback) or "HOST:PORT" ("[::1]:PORT"
+    for IPv6). ValueError (one line) otherwise. All interfaces must be written out (0.0.0.0),
+    never implied by an empty host or `*`: the metrics have no authentication."""
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    host = host.strip("[]")
+    if not host or host == "*":
+        raise ValueError("HOST:PORT with an explicit host (127.0.0.1, or 0.0.0.0 for every "
+                         "interface)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("PORT or HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
+def host_is_loopback(host: str) -> bool:
+    return is_loopback(f"tcp://[{host}]:1" if ":" in host else f"tcp://{host}:1")
+
+
 def require_keys(endpoint: str, keys: object | None, source: str, key: str) -> None:
     """ConfigError if `endpoint` reaches beyond this machine and no CURVE keys are set."""
     if keys is None and not is_loopback(endpoint):

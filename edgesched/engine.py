@@ -9,6 +9,8 @@ One thread runs `step` (it owns the state and the backend); any thread may `subm
 rings the engine's doorbell, the one wake-up that also ends a backend's wait for completions.
 Every submission ends in exactly one `on_result` call: outputs, or a typed error. Whether to
 take new work at all (e.g. while shutting down) is the submitter's decision, not the engine's.
+Completions are also measured (`_measure`): each stream's busy time, and, for slices that ran
+alone, measured over the profile's time (sched/drift.py), whose sustained changes are logged.
 """
 from __future__ import annotations
 
@@ -16,17 +18,18 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from edgesched.backends.base import Backend, Doorbell
 from edgesched.errors import InvalidInput, RequestError
 from edgesched.sched import Policy
+from edgesched.sched.drift import Drift, describe
 from edgesched.sched.health import Health
 from edgesched.sched.lifecycle import Answer, Buffers, Lifecycle, Outcome, Submission, Update
 from edgesched.stats import Stats
-from edgesched.types import ModelInfo, Timings
+from edgesched.types import Completion, Launch, ModelInfo, Timings
 
 log = logging.getLogger("edgesched.engine")
 
@@ -44,7 +47,11 @@ class Engine:
     def __init__(self, backend: Backend, models: Mapping[str, ModelInfo], policy: Policy, *,
                  queue_depth: int, on_result: Callable[[Result], None],
                  clock: Callable[[], float] = time.monotonic, stats: Stats | None = None,
-                 launch_timeout_s: float | None = None, health: Health | None = None):
+                 launch_timeout_s: float | None = None, health: Health | None = None,
+                 drift: Drift | None = None,
+                 drift_cause: Callable[[str], str | None] | None = None):
+        """drift: measured/expected per model and slice (None: no usable profile);
+        drift_cause(model): what telemetry shows changed, asked only when drift begins."""
         self.backend = backend
         self.policy = policy
         self.models = dict(models)
@@ -52,6 +59,12 @@ class Engine:
                               launch_timeout_s=launch_timeout_s, health=health)
         self.state, self.health = self.life.state, self.life.health
         self.stats = stats or Stats({m.name: m.slo_ms for m in models.values()})
+        self.stats.set_streams(backend.num_streams)
+        self.drift = drift
+        self._drift_cause = drift_cause
+        # stream -> [its launch, alone so far]: a slice is measured for drift only if no other
+        # launch was running at any time beside it (co-running is interference, not drift).
+        self._on_stream: dict[int, list] = {}
         self.doorbell = Doorbell()
         backend.bind(self.doorbell)
         self._on_result = on_result
@@ -88,7 +101,9 @@ class Engine:
         plan = self.policy.plan(self.state, now)
         self._carry_out(self.life.launched(plan, now))
         completions = self.backend.poll(self._wait_s(now, max_wait_s))
-        self._carry_out(self.life.update(completions, self._clock()))
+        now = self._clock()
+        self._measure(completions, now)
+        self._carry_out(self.life.update(completions, now))
 
     def abort_all(self, error: RequestError) -> None:
         """Answer every queued and running request with `error`. Terminal: call it only once the
@@ -97,6 +112,34 @@ class Engine:
 
     def _wait_s(self, now: float, max_wait_s: float) -> float:
         return 0.0 if self._inbox else self.life.wait_s(now, max_wait_s)
+
+    def _started(self, launch: Launch) -> None:
+        on_stream = self._on_stream
+        for entry in on_stream.values():
+            entry[1] = False
+        on_stream[launch.stream] = [launch, not on_stream]
+
+    def _measure(self, completions: Sequence[Completion], now: float) -> None:
+        for c in completions:
+            seconds = c.finished_s - c.started_s
+            self.stats.stream_busy(c.launch.stream, seconds)
+            entry = self._on_stream.get(c.launch.stream)
+            if entry is None or entry[0] != c.launch:
+                continue
+            del self._on_stream[c.launch.stream]
+            if self.drift is None or not entry[1] or c.error is not None:
+                continue
+            event = self.drift.observe(c.launch.model, c.launch.slice_index, seconds, now)
+            if event is not None:
+                cause = None
+                if event.drifting and self._drift_cause is not None:
+                    try:
+                        cause = self._drift_cause(event.model)
+                    except Exception:    # telemetry must never stop the engine
+                        log.exception("reading telemetry for the drift's cause failed")
+                self.drift.set_cause(event.model, cause)
+                (log.warning if event.drifting else log.info)(
+                    "%s", describe(event, cause, self.drift.threshold, self.drift.sustain_s))
 
     def _take_inbox(self) -> list[Submission]:
         inbox, taken = self._inbox, []
@@ -116,6 +159,7 @@ class Engine:
                 refused.append((request, e))
         for launch in update.launches:
             backend.launch(launch)
+            self._started(launch)
         for request_id in update.freed:
             backend.release(request_id)
         for model, depth in update.depths:
@@ -132,7 +176,8 @@ class Engine:
         elif answer.buffers is Buffers.RELEASE:
             self.backend.release(request.id)
         if answer.outcome is Outcome.COMPLETED:
-            self.stats.completed(request.model, answer.timings.total_ms)
+            t = answer.timings
+            self.stats.completed(request.model, t.total_ms, t.queue_ms, t.device_ms)
         else:
             self.stats.count(request.model, answer.outcome.value)
         self._on_result(Result(request.model, request.reply_to, outputs, answer.error,

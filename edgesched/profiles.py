@@ -88,9 +88,14 @@ def device_name(config: Config, root: Path = ROOT) -> str:
 
 
 def current_conditions(config: Config, root: Path = ROOT) -> dict:
-    """Device, module and, where telemetry can tell, power mode and clocks, read now."""
+    """Device, module, the board's model string and L4T release, TensorRT's version (backend
+    tensorrt) and, where telemetry can tell, power mode and clocks, read now."""
+    from edgesched.telemetry.devicetree import read_l4t, read_model
     conditions: dict = {"device": device_name(config, root),
-                        "module": which_module(config, root).module}
+                        "module": which_module(config, root).module,
+                        "model": read_model(root), "l4t": read_l4t(root)}
+    if resolve_backend_name(config.device.backend) is BackendName.TENSORRT:
+        conditions["tensorrt"] = _tensorrt_version()
     try:
         from edgesched.telemetry import open_reader
         reader = open_reader(config.telemetry.value)
@@ -103,14 +108,31 @@ def current_conditions(config: Config, root: Path = ROOT) -> dict:
             conditions.update(telemetry=reader.name, nvpmodel=sample.nvpmodel,
                               jetson_clocks=sample.jetson_clocks,
                               gpu_freq_mhz=sample.gpu_freq_mhz, emc_freq_mhz=sample.emc_freq_mhz)
+            board = getattr(reader, "board_model", None)   # jtop's board info
+            if conditions["model"] is None and board:
+                conditions["model"] = board
         finally:
             reader.close()
     return conditions
 
 
+def _tensorrt_version() -> str | None:
+    try:
+        from edgesched.backends.tensorrt import version
+        return version()
+    except Exception:    # not importable here: serving on it fails later, with its own reason
+        return None
+
+
+def _release(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
 def mismatch(profile: Profile, conditions: dict) -> str | None:
-    """Why `profile` is not valid under `conditions` (None: it is). Clocks are compared only
-    through the power mode and jetson_clocks state, which pin them."""
+    """Why `profile` is not valid under `conditions` (None: it is). Another module, power mode,
+    jetson_clocks state or TensorRT major.minor: not valid. Another TensorRT patch release:
+    valid, with a one-line note logged (kernels are the same release's). Clocks are compared
+    only through the power mode and jetson_clocks state, which pin them."""
     meta = profile.meta
     then, now = profile.device, conditions.get("device")
     if then != now:
@@ -124,6 +146,13 @@ def mismatch(profile: Profile, conditions: dict) -> str | None:
         then, now = meta.get(key), conditions.get(key)
         if then is not None and now is not None and then != now:
             return f"it was measured with {key} {then!r}, now it is {now!r}"
+    then, now = meta.get("tensorrt"), conditions.get("tensorrt")
+    if then and now and then != now:
+        if _release(then) != _release(now):
+            return (f"it was measured with TensorRT {then}, this is TensorRT {now} (another "
+                    "release picks other kernels)")
+        log.info("profile measured with TensorRT %s, serving on %s: a patch release apart, "
+                 "accepted", then, now)
     return None
 
 

@@ -6,12 +6,17 @@ bug, not a service outcome) are counted as `invalid` and left out of the ratio.
 """
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 WINDOW = 4096          # latest latencies kept per model for percentiles
+# Histogram bucket upper bounds, seconds: camera frames (33 ms at 30 fps) sit in the middle;
+# 1 ms is a fast slice on an Orin, 10 s the launch timeout's order. +Inf is implied.
+BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+TIMES = ("total", "queue", "device")   # the Timings fields a histogram is kept for
 
 
 @dataclass
@@ -24,22 +29,39 @@ class _Counters:
     invalid: int = 0
 
 
+class _Histogram:
+    """Counts per bucket (not cumulative) and the sum, in seconds, of completed requests."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_S) + 1)     # the last one is +Inf
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        self.sum_s += seconds
+
+    def snapshot(self) -> dict:
+        return {"counts": list(self.counts), "sum_s": self.sum_s}
+
+
 class ModelStats:
     def __init__(self, slo_ms: float):
         self.slo_ms = slo_ms
         self._c = _Counters()
         self._latency_ms = np.zeros(WINDOW)
         self._n = 0
+        self._hist = {name: _Histogram() for name in TIMES}
 
     def snapshot(self) -> dict:
+        """The counters and a copy of the window: the caller holds the lock for this only."""
         c = self._c
-        window = self._latency_ms[:min(self._n, WINDOW)]
-        p50, p99 = (np.percentile(window, [50, 99]).tolist() if window.size else (None, None))
         accountable = c.completed + c.failed + c.expired + c.rejected
         return {"completed": c.completed, "failed": c.failed, "expired": c.expired,
-                "rejected": c.rejected, "invalid": c.invalid, "p50_ms": p50, "p99_ms": p99,
-                "slo_ms": self.slo_ms,
-                "slo_attainment": (c.slo_met / accountable) if accountable else None}
+                "rejected": c.rejected, "invalid": c.invalid, "slo_ms": self.slo_ms,
+                "slo_met": c.slo_met,
+                "slo_attainment": (c.slo_met / accountable) if accountable else None,
+                "histograms": {k: h.snapshot() for k, h in self._hist.items()},
+                "_window": self._latency_ms[:min(self._n, WINDOW)].copy()}
 
 
 class Stats:
@@ -52,14 +74,32 @@ class Stats:
         self.queue_peak = {name: 0 for name in slo_ms}   # most requests ever queued at once
         self.unknown_model = 0
         self.undecodable = 0
+        self.stream_busy_s: list[float] = []    # per stream: seconds held by launches, ever
 
-    def completed(self, model: str, total_ms: float) -> None:
+    def set_streams(self, streams: int) -> None:
+        self.stream_busy_s = [0.0] * streams
+
+    def completed(self, model: str, total_ms: float, queue_ms: float | None = None,
+                  device_ms: float | None = None) -> None:
         with self._lock:
             m = self._models[model]
             m._latency_ms[m._n % WINDOW] = total_ms
             m._n += 1
             m._c.completed += 1
             m._c.slo_met += total_ms <= m.slo_ms
+            hist = m._hist
+            hist["total"].observe(total_ms / 1e3)
+            if queue_ms is not None:
+                hist["queue"].observe(queue_ms / 1e3)
+            if device_ms is not None:
+                hist["device"].observe(device_ms / 1e3)
+
+    def stream_busy(self, stream: int, seconds: float) -> None:
+        """A launch held `stream` for `seconds` (engine thread only; a float add, no lock: a
+        reader sees the old or the new value)."""
+        busy = self.stream_busy_s
+        if stream < len(busy):
+            busy[stream] += seconds
 
     def count(self, model: str, outcome: str) -> None:
         """outcome: failed | expired | rejected | invalid."""
@@ -79,10 +119,20 @@ class Stats:
             else:
                 self.undecodable += 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self, histograms: bool = False) -> dict:
+        """Plain values. Percentiles are computed after the lock is released, so the engine
+        thread waits for copies only. `histograms`: include the bucket counts (metrics)."""
         with self._lock:
             models = {name: {**m.snapshot(), "queue_depth": self.queue_depth[name],
                              "queue_peak": self.queue_peak[name]}
                       for name, m in self._models.items()}
-            return {"models": models, "unknown_model": self.unknown_model,
-                    "undecodable": self.undecodable}
+            out = {"models": models, "unknown_model": self.unknown_model,
+                   "undecodable": self.undecodable}
+        for m in models.values():
+            window = m.pop("_window")
+            m["p50_ms"], m["p99_ms"] = (np.percentile(window, [50, 99]).tolist() if window.size
+                                        else (None, None))
+            if not histograms:
+                del m["histograms"]
+        out["stream_busy_s"] = list(self.stream_busy_s)
+        return out

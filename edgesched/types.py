@@ -171,6 +171,8 @@ class Completion:
     started_s: float                 # monotonic clock seconds
     finished_s: float
     error: str | None = None
+    device_s: float | None = None    # GPU time between CUDA timing events around the launch,
+    #                                  where the backend measured it (TensorRT, timed mode)
 
 
 @dataclass(frozen=True)

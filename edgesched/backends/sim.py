@@ -125,10 +125,27 @@ class SimBackend:
         self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
         self._probe_ids = 0
         self._busy_integral = self._traffic_integral = 0.0   # for telemetry()
+        self._slowdowns: list[tuple[float, float]] = []     # (from virtual s, time factor)
 
     # --- the clock ----------------------------------------------------------------------------
     def now(self) -> float:
         return self._now
+
+    def slow_down(self, factor: float, at_s: float) -> None:
+        """From virtual time `at_s` on, every job takes `factor` times as long (a lower clock,
+        a power-mode change, throttling): a test hook for what the profile cannot know. The
+        factor applies to what is left of jobs running at `at_s`, so takes effect within one
+        slice; calls multiply."""
+        if not (factor > 0 and math.isfinite(factor)):
+            raise ValueError(f"slow_down factor must be a positive number, got {factor!r}")
+        self._slowdowns.append((at_s, factor))
+
+    def _time_factor(self) -> float:
+        factor = 1.0
+        for at_s, f in self._slowdowns:
+            if self._now >= at_s:
+                factor *= f
+        return factor
 
     # --- loading ------------------------------------------------------------------------------
     def load(self, model: str, path: Path, instances: int, *,
@@ -301,6 +318,7 @@ class SimBackend:
         p_lo = sum(j.work.sm for j in jobs.values() if not (prioritized and j.high))
         p_mem = sum(j.work.mem for j in jobs.values())
         out = {}
+        slowed = self._time_factor() if self._slowdowns else 1.0
         for key, job in jobs.items():
             w = job.work
             if prioritized and job.high:
@@ -314,7 +332,7 @@ class SimBackend:
             others_mem = p_mem - w.mem
             mem_stretch = max(1.0, w.mem_peak + others_mem) * (1.0 + CACHE_GAMMA * others_mem)
             seconds = (w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch) / 1e6
-            out[key] = max(seconds * job.scale, 1e-9)
+            out[key] = max(seconds * job.scale * slowed, 1e-9)
         return out
 
     def telemetry(self) -> tuple[float, float]:

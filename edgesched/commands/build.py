@@ -21,15 +21,20 @@ from edgesched.shapes import ShapeRange
 def build(model: Path, parts: int, out_dir: Path, name: str | None = None,
           options: tensorrt.BuildOptions = tensorrt.BuildOptions(),
           progress: TextIO | None = None, shapes: Mapping[str, ShapeRange] | None = None,
-          calibration_data: Path | None = None) -> str:
+          calibration_data: Path | None = None, measured: Path | None = None) -> str:
     """Write the slices (and engines); return the report to print. `shapes`: model input ->
     fixed shape or range (needed for every dynamic input); `calibration_data`: a directory of
-    samples for INT8 calibration (commands/calibration_data.py), with options.int8."""
+    samples for INT8 calibration (commands/calibration_data.py), with options.int8;
+    `measured`: a profile whose node_us (TensorRT calibration) the cuts are balanced on."""
     shapes = dict(shapes or {})
     _check_int8(Path(model), options, calibration_data)
-    manifest, plan = slice_model(model, parts, out_dir, name, shapes=shapes)
+    measured_us = _measured_us(Path(measured), name or Path(model).stem) if measured else None
+    manifest, plan = slice_model(model, parts, out_dir, name, shapes=shapes,
+                                 measured_us=measured_us)
+    basis = (f"on {len(measured_us)} measured node times from {measured}" if measured_us
+             else "estimated on an AGX Orin roofline")
     lines = [f"{manifest.model}: {len(manifest.slices)} slices in {out_dir} "
-             f"(balance max/mean {plan.balance:.2f}, estimated on an AGX Orin roofline)"]
+             f"(balance max/mean {plan.balance:.2f}, {basis})"]
     lines += [f"note: {n}" for n in plan.notes]
     crossing = ("-",) + tuple(", ".join(c) for c in plan.crossing)
     lines.append(format_table(
@@ -73,6 +78,21 @@ def build(model: Path, parts: int, out_dir: Path, name: str | None = None,
                     f"<= {options.profiles})" if ranged else ""))
     lines += [f"note: {n}" for n in tensorrt.precision_notes(options)]
     return "\n".join(lines)
+
+
+def _measured_us(path: Path, model: str) -> dict[str, float]:
+    """ONNX node -> measured us of `model` in the profile at `path` (its meta.node_us)."""
+    from edgesched.sched.profile import Profile
+    try:
+        node_us = Profile.load(path).meta.get("node_us") or {}
+    except (OSError, ValueError) as e:
+        raise tensorrt.EngineBuildError(f"--measured {path}: not a readable profile "
+                                        f"({(str(e).splitlines() or [''])[0]})") from None
+    if model not in node_us:
+        known = ", ".join(sorted(node_us)) or "none: calibrate on TensorRT first"
+        raise tensorrt.EngineBuildError(f"--measured {path}: no per-node times for model "
+                                        f"{model!r} (it has {known}; --name picks the model)")
+    return {str(k): float(v) for k, v in node_us[model].items()}
 
 
 def _slice_shapes(entry: SliceEntry, shapes: Mapping[str, ShapeRange]) -> dict[str, ShapeRange]:

@@ -25,7 +25,7 @@ from edgesched.commands.table import format_table
 from edgesched.config import Config
 from edgesched.errors import BackendUnavailable
 from edgesched.modelfiles.shaping import model_shapes
-from edgesched.profiles import current_conditions
+from edgesched.profiles import ROOT, current_conditions
 from edgesched.sched.profile import Profile
 from edgesched.shapes import file_hint, to_json
 from edgesched.types import BackendName
@@ -42,10 +42,28 @@ def _backend(config: Config):
         # Calibration needs no wall clock: the virtual one measures the same device, faster.
         return SimBackend(config.device.sim_device, streams, seed=1)
     if name is BackendName.TENSORRT:
-        raise BackendUnavailable("calibrating on TensorRT needs CUDA probe kernels, which "
-                                 "are not written yet: calibrate with backend: sim to try it")
+        return _tensorrt_backend(config, streams)
     return create_backend(name, streams, config.device.cpu_threads_per_stream,
                           config.device.sim_device)
+
+
+def _tensorrt_backend(config: Config, streams: int):
+    """TensorRT with every launch timed by CUDA events, and the configured telemetry sampled
+    for the solo windows (none found: EMC demand reads 0 and a warning says so)."""
+    from edgesched.backends.tensorrt import TensorRTBackend
+    from edgesched.telemetry import open_reader
+    backend = TensorRTBackend(streams, timed=True)
+    try:
+        reader = open_reader(config.telemetry.value)
+    except Exception as e:
+        backend.close()
+        raise BackendUnavailable(f"calibration telemetry: {e}") from None
+    if reader is None:
+        log.warning("no telemetry source: calibration measures no EMC (DRAM) utilization and "
+                    "GPU load (start jtop.service, or set telemetry:)")
+    else:
+        backend.attach_telemetry(reader)
+    return backend
 
 
 def _versions() -> dict:
@@ -59,25 +77,32 @@ def _versions() -> dict:
 
 
 def calibrate(config: Config, runs: int = 5, pairs: int = 40, seed: int = 0,
-              progress: Callable[[str], None] | None = None) -> Profile:
+              progress: Callable[[str], None] | None = None, root: Path = ROOT) -> Profile:
+    """`root`: the filesystem root the device identity is read under (tests: a fixture)."""
     shapes = {m.name: model_shapes(m.name, m.path, m.shapes, file_hint(config.source, i))
               for i, m in enumerate(config.models)}
-    conditions = current_conditions(config)
+    conditions = current_conditions(config, root)
     backend = _backend(config)
     try:
         models = load_models(backend, [dataclasses.replace(m, shapes=shapes[m.name])
                                        for m in config.models])
         profile = measure_profile(backend, models, conditions["device"], runs=runs, pairs=pairs,
                                   seed=seed, progress=progress)
+        identity = _backend_identity(backend)
     finally:
         backend.close()
     meta = {**profile.meta, **conditions, "backend": backend.name,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": {**_versions(), **identity},
             "models": {m.name: {"source": str(m.path), "slices": models[m.name].num_slices,
                                 "shapes": to_json(shapes[m.name])}
                        for m in config.models}}
     return dataclasses.replace(profile, meta=meta)
+
+
+def _backend_identity(backend) -> dict:
+    identity = getattr(backend, "identity", None)
+    return identity() if callable(identity) else {}
 
 
 def report(profile: Profile) -> str:

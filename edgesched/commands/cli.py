@@ -36,6 +36,15 @@ def _endpoint(value: str) -> str:
         raise argparse.ArgumentTypeError(f"expected {e.expected}, got {value!r}") from None
 
 
+def _metrics(value: str) -> str:
+    from edgesched.endpoints import metrics_address
+    try:
+        metrics_address(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected {e}, got {value!r}") from None
+    return value
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -74,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the configured models until SIGINT/SIGTERM")
     _config_arg(serve)
     serve.add_argument("--endpoint", type=_endpoint, help="override server.endpoint")
+    serve.add_argument("--metrics", type=_metrics, metavar="HOST:PORT",
+                       help="serve Prometheus /metrics there (overrides server.metrics; a "
+                            "bare PORT is loopback)")
     serve.add_argument("--force-profile", action="store_true",
                        help="use the profile even if measured on another device/power mode")
 
@@ -86,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--client-key", type=Path, default=None, metavar="FILE.key_secret",
                         help="CURVE: this client's secret certificate")
 
+    top = sub.add_parser("top", help="live view of a running server (q quits)")
+    top.add_argument("--endpoint", type=_endpoint, default=None,
+                     help=f"server endpoint (default {default_endpoint()})")
+    top.add_argument("--interval", type=_positive(float), default=1.0, metavar="S",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--count", type=_positive(int), default=None, metavar="N",
+                     help="stop after N refreshes (default: until q or Ctrl-C)")
+    top.add_argument("--timeout", type=_positive(float), default=3.0, metavar="S")
+    top.add_argument("--server-key", type=Path, default=None, metavar="FILE.key")
+    top.add_argument("--client-key", type=Path, default=None, metavar="FILE.key_secret")
     keys = sub.add_parser("keys", help="create a CURVE certificate pair (for tcp beyond "
                                        "loopback)")
     keys.add_argument("directory", type=Path, metavar="DIR")
@@ -118,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "samples of a 1x3x640x640 input); the cache goes to OUT/calibration/")
     build.add_argument("--dla", type=_int_range(0, 7), default=None, metavar="CORE",
                        help="build for a DLA core, GPU fallback on (needs --fp16 or --int8)")
+    build.add_argument("--measured", type=Path, default=None, metavar="PROFILE",
+                       help="cut on the per-node times a TensorRT calibration measured "
+                            "(the profile's node_us) instead of cost-model estimates")
 
     sim = sub.add_parser("simulate", help="run a workload under each policy on a simulated "
                                           "Jetson GPU")
@@ -191,7 +216,7 @@ def _serve(args) -> int:
     with Notifier.from_env() as notifier:
         notifier.status(f"loading {len(config.models)} models")
         server = Server(config, endpoint=args.endpoint, force_profile=args.force_profile,
-                        notifier=notifier).start()
+                        notifier=notifier, metrics=args.metrics).start()
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -199,6 +224,8 @@ def _serve(args) -> int:
                    f"({server.backend.name}, policy {config.scheduler.policy.value})")
         notifier.status(serving)
         print(f"edgesched: {serving}", flush=True)
+        if server.metrics is not None:
+            print(f"edgesched: metrics on {server.metrics.url}", flush=True)
         stop.wait()
         notifier.status("draining in-flight requests")
         print("edgesched: draining", flush=True)
@@ -225,7 +252,22 @@ def _status(args) -> int:
           None if s["slo_attainment"] is None else f"{100 * s['slo_attainment']:.1f}%",
           s["queue_depth"], s["rejected"], s["expired"], s["failed"], s["invalid"]]
          for name, s in stats["models"].items()]))
+    drifting = [(name, s["drift"]) for name, s in stats["models"].items()
+                if (s.get("drift") or {}).get("drifting")]
+    for name, d in drifting:
+        print(f"drift: {name} slices run at {d['ratio']:.2f}x the profile's time"
+              + (f" (likely cause: {d['cause']})" if d["cause"] else "")
+              + "; recalibrate (`edgesched calibrate`)")
     return 0
+
+
+def _top(args) -> int:
+    from edgesched.commands.top import top
+    from edgesched.serve.client import Client
+    with Client(args.endpoint, timeout_s=args.timeout, server_key=args.server_key,
+                client_key=args.client_key) as client:
+        return top(client, args.interval, args.count, sys.stdout.isatty(),
+                   lambda text: print(text, end="", flush=True))
 
 
 def _demo(args) -> int:
@@ -275,7 +317,7 @@ def _build(args) -> int:
     options = BuildOptions(fp16=args.fp16, int8=args.int8, dla_core=args.dla,
                            profiles=args.instances)
     print(build(args.model, args.slices, args.out, args.name, options, shapes=shapes,
-                calibration_data=args.calibration_data), flush=True)
+                calibration_data=args.calibration_data, measured=args.measured), flush=True)
     return 0
 
 
@@ -363,7 +405,7 @@ def _selftest(args) -> int:
     return selftest(lambda line: print(line, flush=True))
 
 
-COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "demo": _demo, "bench": _bench, "build": _build, "keys": _keys}
+COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "top": _top, "demo": _demo, "bench": _bench, "build": _build, "keys": _keys}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 Nothing here reads a device's internals. On the simulated GPU (and, with the calibration
 issue, on TensorRT) it uses what a Jetson offers: timed launches, the EMC utilization a
 telemetry reader reports, and probe kernels of known SM footprint:
-- duration_us: median of solo runs;
+- duration_us: median of solo runs (device time between CUDA timing events where the backend
+  reports it, else the completion's host times), run back to back for at least the backend's
+  `min_window_s` (telemetry's averaging window: TensorRT) and at least `runs` times;
 - mem: EMC utilization averaged over the solo runs (and the SM busy fraction, for slices
   that compute probes do not slow);
 - sm, compute_frac: from the slowdown under compute probes of two footprints f (mem 0): the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from typing import Callable
 
 from edgesched.errors import EdgeschedError
@@ -47,7 +50,8 @@ class _Runner:
         if c.error is not None:
             raise CalibrationError(f"model {c.launch.model!r} slice {c.launch.slice_index} "
                                    f"failed during calibration: {c.error}")
-        return c.finished_s - c.started_s
+        device_s = getattr(c, "device_s", None)
+        return device_s if device_s is not None else c.finished_s - c.started_s
 
     def run(self, model: str, index: int) -> float:
         """One solo run; seconds."""
@@ -82,6 +86,15 @@ class _Runner:
                     start(c.launch.stream)
         return first[self.streams[0]], first[self.streams[1]]
 
+    def solo(self, model: str, index: int, runs: int, min_window_s: float) -> float:
+        """Median of back-to-back solo runs: `runs` of them, and more until `min_window_s` of
+        wall time has passed (so telemetry sampled every ~0.1 s sees the window)."""
+        started = time.monotonic()
+        times = [self.run(model, index) for _ in range(runs)]
+        while time.monotonic() - started < min_window_s:
+            times.append(self.run(model, index))
+        return statistics.median(times)
+
     def with_probe(self, sm: float, model: str, index: int, runs: int) -> float:
         """Median run time beside a compute probe (medians tame an OS scheduler's noise)."""
         key = self.b.launch_probe(sm, 0.0, PROBE_S)
@@ -96,22 +109,39 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                     progress: Callable[[str], None] | None = None) -> Profile:
     runner = _Runner(backend)
     demands: dict[str, tuple[SliceDemand, ...]] = {}
+    min_window_s = float(getattr(backend, "min_window_s", 0.0))
+    node_us: dict[str, dict[str, float]] = {}    # model -> ONNX node -> measured us per run
     for name, info in models.items():
         slices = []
         for i in range(info.num_slices):
             backend.telemetry()                              # start a fresh window
-            solo = statistics.median(runner.run(name, i) for _ in range(runs))
+            solo = runner.solo(name, i, runs, min_window_s)
             busy, emc = backend.telemetry()
             sm, compute_frac = _compute_from_probes(runner, name, i, solo, busy, runs)
             slices.append(SliceDemand(sm, min(emc, 1.0), solo * 1e6, compute_frac))
+            if hasattr(backend, "profile_layers"):     # TensorRT: IProfiler on a few runs
+                backend.profile_layers(name, i, True)
+                try:
+                    for _ in range(runs):
+                        runner.run(name, i)
+                finally:
+                    node_us.setdefault(name, {}).update(backend.profile_layers(name, i, False))
         demands[name] = tuple(slices)
         if progress:
             progress(name)
     everything = [(m, i) for m, ds in demands.items() for i in range(len(ds))]
     rng = random.Random(seed)
     samples = []
+    # A backend whose instances run one launch each (TensorRT: an execution context per
+    # instance) co-runs a slice with itself only where the model has two instances.
+    exclusive = bool(getattr(backend, "exclusive_instances", False))
     for _ in range(pairs if len(everything) > 0 else 0):
         a, b = rng.choice(everything), rng.choice(everything)
+        if exclusive and a == b and models[a[0]].instances < 2:
+            others = [x for x in everything if x != a]
+            if not others:
+                continue
+            b = rng.choice(others)
         ta, tb = runner.co_run(a, b)
         da, db = demands[a[0]][a[1]], demands[b[0]][b[1]]
         samples.append(CoRun((da, db), (ta * 1e6 / da.duration_us, tb * 1e6 / db.duration_us)))
@@ -124,7 +154,7 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
         predictor, mape, validation = Predictor(), None, []
     return Profile(device, demands, predictor,
                    {"pairs": len(samples), "predictor_mape": mape, "runs": runs,
-                    "validation": validation,
+                    "validation": validation, **({"node_us": node_us} if node_us else {}),
                     "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
 
 

@@ -31,10 +31,10 @@ from edgesched.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from edgesched.profiles import choose_profile
+from edgesched.profiles import choose_profile, device_name
 from edgesched.sched import make_policy
 from edgesched.sched.health import Health
-from edgesched.serve import access, wire
+from edgesched.serve import access, observe, wire
 from edgesched.serve.systemd import Notifier
 from edgesched.version import __version__
 
@@ -46,8 +46,10 @@ _STOP_IO = b"edgesched-stop-io"   # sent after the last reply: the IO thread may
 class Server:
     def __init__(self, config: Config, endpoint: str | None = None,
                  backend: Backend | None = None, force_profile: bool = False,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, metrics: str | None = None):
+        """metrics: HOST:PORT for Prometheus /metrics, overriding server.metrics."""
         self.config = config
+        self._metrics_at, self.metrics = metrics or config.server.metrics, None
         # systemd Type=notify: READY=1 / WATCHDOG=1 / STOPPING=1 (a no-op outside systemd).
         # One the server makes itself it also closes; one passed in belongs to the caller.
         self._owns_notifier = notifier is None
@@ -65,17 +67,24 @@ class Server:
                                                  config.device.sim_device)
         try:
             self.models = load_models(self.backend, config.models)
-            policy = make_policy(config.scheduler.policy.value, config.source,
-                                 profile=choose_profile(config, force_profile),
+            profile = choose_profile(config, force_profile)
+            policy = make_policy(config.scheduler.policy.value, config.source, profile=profile,
                                  **config.scheduler.policy_options())
+            self.board = observe.Board(config.telemetry.value)
+            drift, cause = observe.make_drift(
+                config, observe.drift_profile(config, profile, device_name(config)),
+                self.models, self.board.latest)
         except BaseException:
+            if hasattr(self, "board"):
+                self.board.close()
             self.backend.close()
             raise
         limits = config.limits
         self.engine = Engine(self.backend, self.models, policy, queue_depth=limits.queue_depth,
                              on_result=self._send_result, launch_timeout_s=limits.launch_timeout_s,
                              health=Health(self.models, limits.unhealthy_after,
-                                           limits.unhealthy_retry_s))
+                                           limits.unhealthy_retry_s),
+                             drift=drift, drift_cause=cause)
         self.stats = self.engine.stats
         self._max_bytes = config.limits.max_message_bytes
         self._ctx = zmq.Context()
@@ -90,7 +99,7 @@ class Server:
         self._io_done = False
         self._ready = threading.Event()
         self._io_error: BaseException | None = None
-        self._started_s = time.monotonic()
+        self.started_s = time.monotonic()
         self.undeliverable = 0
         self._threads = [threading.Thread(target=self._run_io, name="edgesched-io", daemon=True),
                          threading.Thread(target=self._run_engine, name="edgesched-engine",
@@ -104,10 +113,21 @@ class Server:
             self._ready.wait()
             if self._io_error is not None:
                 raise self._io_error
+            self.board.start()
+            if self._metrics_at is not None:
+                from edgesched.serve.metrics import MetricsServer  # prometheus_client
+                try:
+                    self.metrics = MetricsServer(self, self._metrics_at)
+                except OSError as e:
+                    raise EdgeschedError(f"cannot serve metrics on {self._metrics_at}: "
+                                         f"{e.strerror or e}") from None
         except BaseException:
-            if self._threads[0].is_alive():
-                self._threads[0].join()
+            if self._threads[0].is_alive():      # bound, then metrics failed: stop it
+                self._stop_io() if self._io_error is None else self._threads[0].join()
+            for sock in self._push_sockets:
+                sock.close(linger=0)
             self._stopped = True                 # everything is released: stop() is a no-op
+            self._close_watchers()
             self.backend.close()
             self._ctx.term()
             self._close_notifier()
@@ -125,6 +145,7 @@ class Server:
         self._stopped = True
         self.notifier.stopping()
         if self._threads[1].ident is None:       # never started
+            self._close_watchers()
             self.backend.close()
             self._ctx.term()
             self._close_notifier()
@@ -142,10 +163,10 @@ class Server:
         # The engine thread is gone: this thread owns the engine now.
         self.engine.abort_all(ShuttingDown("the server stopped before the request finished"))
         # Sent on the same pipe after the last reply, so the IO thread reads every reply first.
-        self._push().send(_STOP_IO)
-        self._threads[0].join()
+        self._stop_io()
         for sock in self._push_sockets:
             sock.close(linger=0)
+        self._close_watchers()
         self.backend.close()
         self._ctx.term()
         self._close_notifier()
@@ -155,6 +176,16 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _stop_io(self) -> None:
+        self._push().send(_STOP_IO)
+        self._threads[0].join()
+
+    def _close_watchers(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        self.board.close()
 
     def _close_notifier(self) -> None:
         if self._owns_notifier:
@@ -322,14 +353,7 @@ class Server:
             header["models"] = [{**m.to_wire(), "healthy": health[m.name]["healthy"]}
                                 for m in self.models.values()]
         elif msg.kind == wire.STATS:
-            stats = self.stats.snapshot()
-            for name, health in self.engine.health.snapshot().items():
-                stats["models"][name]["health"] = health
-            header.update(stats, policy=self.engine.policy.name,
-                          stuck_streams=self.engine.stuck_streams,
-                          backend=self.backend.name, streams=self.backend.num_streams,
-                          undeliverable=self.undeliverable,
-                          uptime_s=time.monotonic() - self._started_s)
+            header.update(observe.snapshot(self))
         elif msg.kind == wire.PING:
             header.update(version=__version__, pid=os.getpid())
         return [msg.kind, wire.pack_header(header)]

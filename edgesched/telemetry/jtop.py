@@ -84,6 +84,10 @@ class JtopReader:
             raise TelemetryUnavailable(f"cannot connect to jtop.service ({_one_line(e)}); "
                                        f"{START_HINT} and add this user to group 'jtop'") from None
         self._closed = False
+        # the board's model string, for profile identity where there is no device tree to
+        # read: jetson-stats 4.x+ `board["hardware"]["Model"]` (unconfirmed on 7.x: defensive)
+        model = _get(getattr(self._jtop, "board", None), "hardware", "Model")
+        self.board_model: str | None = str(model).strip() or None if model else None
 
     def read(self) -> TelemetrySample:
         j = self._jtop

@@ -115,6 +115,10 @@ def make_cuda_python(gpu: FakeGpu, module_name: str) -> types.ModuleType:
     def cuEventDestroy(event):
         return (CUresult(gpu.cu_event_destroy(via, _int(event))),)
 
+    def cuEventElapsedTime(hStart, hEnd):   # noqa: N803 (cuda-python's names)
+        status, ms = gpu.cu_event_elapsed(via, _int(hStart), _int(hEnd))
+        return CUresult(status), ms
+
     def cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream):
         return (CUresult(gpu.cu_memcpy(via, "HtoD", _int(dstDevice), int(srcHost), ByteCount,
                                        _int(hStream))),)
@@ -150,6 +154,7 @@ PROTOTYPES = {
     "cuEventSynchronize": [_P],
     "cuEventQuery": [_P],
     "cuEventDestroy_v2": [_P],
+    "cuEventElapsedTime": [ctypes.POINTER(ctypes.c_float), _P, _P],
     "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, _P, ctypes.c_size_t, _P],
     "cuMemcpyDtoHAsync_v2": [_P, ctypes.c_uint64, ctypes.c_size_t, _P],
     "cuGetErrorName": [_I, ctypes.POINTER(ctypes.c_char_p)],
@@ -238,6 +243,11 @@ class FakeLibCuda:
 
         def cuEventDestroy_v2(event):
             return gpu.cu_event_destroy(via, event or 0)
+
+        def cuEventElapsedTime(ms, start, end):
+            status, value = gpu.cu_event_elapsed(via, start or 0, end or 0)
+            ms[0] = value
+            return status
 
         def cuMemcpyHtoDAsync_v2(dst, src, nbytes, stream):
             return gpu.cu_memcpy(via, "HtoD", dst, src or 0, nbytes, stream or 0)

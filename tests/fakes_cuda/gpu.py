@@ -51,6 +51,7 @@ class Stream:
     priority: int
     destroyed: bool = False
     unrecorded: list = field(default_factory=list)   # contexts executed since the last record
+    tail_us: float = 0.0              # virtual device time when its last enqueued work ends
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Event:
     done: threading.Event = field(default_factory=threading.Event)
     recorded_on: int | None = None
     destroyed: bool = False
+    time_us: float | None = None      # its stream's virtual time when recorded
 
 
 class FakeGpu:
@@ -74,6 +76,8 @@ class FakeGpu:
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.fail_execute: Callable[[str, dict], bool] | None = None
+        # each execute's virtual duration is the engine's times this (a co-runner's effect)
+        self.slowdown: Callable[[], float] = lambda: 1.0
         self.initialized = False          # cuInit called (by any binding)
         self.retains = 0                  # cuDevicePrimaryCtxRetain - Release
         self.streams: dict[int, Stream] = {}
@@ -300,6 +304,7 @@ class FakeGpu:
             return INVALID_HANDLE
         event.done = threading.Event()          # a re-record starts a new completion
         event.recorded_on = stream_handle
+        event.time_us = stream.tail_us
         for context in stream.unrecorded:
             context.busy = event.done
         stream.unrecorded.clear()
@@ -326,6 +331,22 @@ class FakeGpu:
         self.record("cuEventQuery", via, handle)
         event = self.events.get(handle)
         return SUCCESS if event is None or event.done.is_set() else NOT_READY
+
+    def cu_event_elapsed(self, via: str, start: int, end: int) -> tuple[int, float]:
+        """cuEventElapsedTime: ms of virtual device time between two completed records."""
+        self.record("cuEventElapsedTime", via, start, end)
+        self.need_context("cuEventElapsedTime")
+        a, b = self.events.get(start), self.events.get(end)
+        if a is None or b is None or a.destroyed or b.destroyed or a.time_us is None or \
+                b.time_us is None:
+            self.violate("cuEventElapsedTime on an event never recorded or destroyed")
+            return INVALID_HANDLE, 0.0
+        if (a.flags | b.flags) & DISABLE_TIMING:
+            self.violate("cuEventElapsedTime on an event made with DISABLE_TIMING")
+            return INVALID_HANDLE, 0.0
+        if not (a.done.is_set() and b.done.is_set()):
+            return NOT_READY, 0.0
+        return SUCCESS, (b.time_us - a.time_us) / 1e3
 
     def cu_event_destroy(self, via: str, handle: int) -> int:
         self.record("cuEventDestroy", via, handle)

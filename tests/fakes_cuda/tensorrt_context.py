@@ -22,7 +22,8 @@ import numpy as np
 from tests.fakes_cuda.gpu import NON_BLOCKING, FakeGpu
 
 
-def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype):   # noqa: N803
+def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype,   # noqa: N803
+                       IProfiler=None):   # noqa: N803
     class IExecutionContext:
         def __init__(self, engine, context_id: int, profile: int, own_memory: bool):
             self.engine, self.id, self.profile = engine, context_id, profile
@@ -31,6 +32,20 @@ def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype):   # noqa
             self.addresses: dict[str, int] = {}
             self.busy: threading.Event | None = None   # completion of its last launch
             self.switched_on: int | None = None        # stream of a profile switch not waited
+            self._profiler = None
+
+        @property
+        def profiler(self):
+            return self._profiler
+
+        @profiler.setter
+        def profiler(self, value) -> None:
+            # pyCore.cpp: the property takes an IProfiler (None clears it)
+            if value is not None and not isinstance(value, IProfiler):
+                raise TypeError("profiler: incompatible function arguments (an IProfiler)")
+            if value is not None and not getattr(value, "_trt_initialized", False):
+                raise TypeError("IProfiler.__init__() must be called when overriding __init__")
+            self._profiler = value
 
         @property
         def active_optimization_profile(self) -> int:
@@ -156,6 +171,11 @@ def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype):   # noqa
                 if mode is TensorIOMode.OUTPUT:
                     out = views[n]
                     out[...] = (inputs[source[0]] + source[1]).astype(out.dtype)
+            factor = gpu.slowdown()
+            stream.tail_us += factor * sum(us for _, us in self.engine.layers)
+            if self._profiler is not None:   # enqueue emits the profile (the default): each
+                for layer, us in self.engine.layers:    # layer once per execute, in ms
+                    self._profiler.report_layer_time(layer, factor * us / 1e3)
             stream.unrecorded.append(self)
             return True
 

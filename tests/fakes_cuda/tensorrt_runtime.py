@@ -29,13 +29,17 @@ DEFAULT_RANGE = (1, 1, 64)            # a dynamic dim's (min, opt, max) when a t
 
 def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
                 profiles: int | list | None = None, dla_core: int | None = None,
-                compute_capability: str | None = None) -> bytes:
+                compute_capability: str | None = None, duration_us: float = 100.0,
+                layers: list | None = None) -> bytes:
     """A fake serialized engine. inputs: {name: (dtype, shape)}; outputs: {name: (dtype, shape,
     source input, addend)}: output = source + addend. -1 dims are dynamic; an output's -1
     dims take its source's dims. profiles (engines with dynamic inputs): a list of {input:
     (min, opt, max)}, one per optimization profile, or a count of profiles with every dynamic
     dim in DEFAULT_RANGE (default 1). dla_core: built for DLA. compute_capability: "8.7":
-    only a GPU of that capability deserializes it."""
+    only a GPU of that capability deserializes it. layers: [(layer name, us)] as the engine
+    reports them to an IProfiler (default: one layer "<name>/layer0" of `duration_us`); an
+    execute lasts their sum of virtual device time on its stream (times gpu.slowdown())."""
+    layers = [list(x) for x in layers] if layers else [[f"{name}/layer0", duration_us]]
     dynamic = {n: s for n, (_, s) in inputs.items() if -1 in s}
     if not isinstance(profiles, list):
         def span(shape, k):
@@ -48,7 +52,8 @@ def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
                                    for k, v in outputs.items()},
                        "profiles": [{n: [list(d) for d in r] for n, r in p.items()}
                                     for p in profiles],
-                       "dla_core": dla_core, "compute_capability": compute_capability}).encode()
+                       "dla_core": dla_core, "compute_capability": compute_capability,
+                       "layers": layers}).encode()
 
 
 def write_engine(path: Path, name: str, inputs: dict, outputs: dict, trt_major: int = 10,
@@ -102,7 +107,18 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
     else:
         strategies = None
 
-    IExecutionContext = make_context_class(gpu, major, TensorIOMode, nptype)
+    class IProfiler:
+        """pybind11's trampoline: a subclass overriding __init__ must call this one (else
+        TypeError where it is used), and must override report_layer_time."""
+
+        def __init__(self):
+            self._trt_initialized = True
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            raise RuntimeError("Tried to call pure virtual function \"IProfiler::"
+                               "report_layer_time\"")
+
+    IExecutionContext = make_context_class(gpu, major, TensorIOMode, nptype, IProfiler)
 
     class ICudaEngine:
         def __init__(self, spec: dict, dla_core: int | None):
@@ -118,6 +134,7 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
                              for p in spec.get("profiles") or []]
             self.dla_core = dla_core           # the core it runs on (None: a GPU engine)
             self.contexts: list = []
+            self.layers = [(str(n), float(us)) for n, us in spec.get("layers") or []]
 
         @property
         def num_io_tensors(self) -> int:

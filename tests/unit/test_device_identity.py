@@ -194,7 +194,8 @@ def test_an_unknown_module_on_tensorrt_is_a_warning(tmp_path, caplog):
 
 # --- which profiles match ----------------------------------------------------------------------
 
-def test_device_keys_name_the_module_on_tensorrt_only(tmp_path):
+def test_device_keys_name_the_module_on_tensorrt_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(profiles, "_tensorrt_version", lambda: None)   # no TensorRT here
     agx = TREES / "orin-agx-jp5"
     assert device_name(config(tmp_path, backend="tensorrt"), agx) == "tensorrt:orin-agx"
     assert device_name(config(tmp_path, backend="tensorrt", module="orin-nx"), agx) == \
@@ -205,7 +206,8 @@ def test_device_keys_name_the_module_on_tensorrt_only(tmp_path):
     cpu = device_name(config(tmp_path, backend="onnxruntime", module="orin-agx"), agx)
     assert cpu.startswith("cpu:") and cpu.endswith("cores")          # as before
     assert current_conditions(config(tmp_path, backend="tensorrt"), agx) == \
-        {"device": "tensorrt:orin-agx", "module": "orin-agx"}
+        {"device": "tensorrt:orin-agx", "module": "orin-agx",
+         "model": "Jetson AGX Orin Developer Kit", "l4t": None, "tensorrt": None}
 
 
 def test_a_profile_from_another_module_is_refused_in_one_line(tmp_path):

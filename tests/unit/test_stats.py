@@ -21,7 +21,8 @@ def test_fresh_stats_have_no_percentiles_and_no_attainment():
     assert snapshot["unknown_model"] == 0 and snapshot["undecodable"] == 0
     assert snap(s) == {"completed": 0, "failed": 0, "expired": 0, "rejected": 0, "invalid": 0,
                        "p50_ms": None, "p99_ms": None, "slo_ms": 50.0,
-                       "slo_attainment": None, "queue_depth": 0, "queue_peak": 0}
+                       "slo_met": 0, "slo_attainment": None, "queue_depth": 0,
+                       "queue_peak": 0}
 
 
 def test_percentiles_of_completed_latencies():
@@ -152,3 +153,26 @@ def test_concurrent_updates_are_not_lost():
     m = snap(s)
     assert m["completed"] == m["failed"] == per_thread * threads
     assert m["slo_attainment"] == pytest.approx(0.5)
+
+
+def test_histograms_bucket_seconds_and_sum_each_timing():
+    s = Stats({"m": 50.0})
+    for total, queue, device in ((0.5, 0.1, 0.4), (33.0, 3.0, 30.0), (20_000.0, 1.0, 2.0)):
+        s.completed("m", total, queue, device)
+    h = s.snapshot(histograms=True)["models"]["m"]["histograms"]
+    assert "histograms" not in snap(s)
+    bounds = stats_module.BUCKETS_S
+    total = h["total"]["counts"]
+    assert len(total) == len(bounds) + 1 and sum(total) == 3
+    assert total[0] == 1 and total[bounds.index(0.033)] == 1 and total[-1] == 1   # le=0.033
+    assert h["total"]["sum_s"] == pytest.approx(20.0335)
+    assert h["queue"]["sum_s"] == pytest.approx(0.0041) and sum(h["device"]["counts"]) == 3
+
+
+def test_stream_busy_seconds_add_up():
+    s = Stats({"m": 50.0})
+    s.set_streams(2)
+    s.stream_busy(1, 0.25)
+    s.stream_busy(1, 0.5)
+    s.stream_busy(5, 1.0)                 # a stream the stats do not know: ignored
+    assert s.snapshot()["stream_busy_s"] == [0.0, 0.75]

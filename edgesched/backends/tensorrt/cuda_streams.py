@@ -28,6 +28,7 @@ CU_STREAM_NON_BLOCKING = 0x1       # no implicit sync with the legacy default st
 CU_EVENT_BLOCKING_SYNC = 0x1       # synchronize() sleeps in the driver instead of spinning
 CU_EVENT_DISABLE_TIMING = 0x2      # cheaper record; we time completions on the host clock
 EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING
+TIMING_EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC   # calibration: timed on the device, waits sleep
 CC_MAJOR, CC_MINOR = 75, 76        # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
 NAME_BYTES = 256                   # cuDeviceGetName buffer (names are far shorter)
 LIBCUDA = "libcuda.so.1"
@@ -51,8 +52,11 @@ class Driver(Protocol):
 
     def stream_destroy(self, stream: int) -> None: ...
 
-    def event_create(self) -> int:
-        """An event with BLOCKING_SYNC | DISABLE_TIMING."""
+    def event_create(self, timing: bool = False) -> int:
+        """An event with BLOCKING_SYNC | DISABLE_TIMING (timing: BLOCKING_SYNC only)."""
+
+    def event_elapsed_ms(self, start: int, end: int) -> float:
+        """Device milliseconds between two completed timing events (cuEventElapsedTime)."""
 
     def event_record(self, event: int, stream: int) -> None: ...
 
@@ -96,6 +100,7 @@ _SIGNATURES = {
     "cuEventRecord": [_P, _P],
     "cuEventSynchronize": [_P],
     "cuEventDestroy_v2": [_P],
+    "cuEventElapsedTime": [ctypes.POINTER(ctypes.c_float), _P, _P],
     "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, _P, ctypes.c_size_t, _P],
     "cuMemcpyDtoHAsync_v2": [_P, ctypes.c_uint64, ctypes.c_size_t, _P],
     "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
@@ -141,10 +146,16 @@ class CtypesDriver:
     def stream_destroy(self, stream: int) -> None:
         self._call("cuStreamDestroy_v2", stream)
 
-    def event_create(self) -> int:
+    def event_create(self, timing: bool = False) -> int:
         handle = _P()
-        self._call("cuEventCreate", ctypes.byref(handle), EVENT_FLAGS)
+        self._call("cuEventCreate", ctypes.byref(handle),
+                   TIMING_EVENT_FLAGS if timing else EVENT_FLAGS)
         return handle.value or 0
+
+    def event_elapsed_ms(self, start: int, end: int) -> float:
+        ms = ctypes.c_float()
+        self._call("cuEventElapsedTime", ctypes.byref(ms), start, end)
+        return float(ms.value)
 
     def event_record(self, event: int, stream: int) -> None:
         self._call("cuEventRecord", event, stream)
@@ -221,9 +232,16 @@ class CudaPythonDriver:
     def stream_destroy(self, stream: int) -> None:
         self._call("cuStreamDestroy", stream)
 
-    def event_create(self) -> int:
-        (event,) = self._call("cuEventCreate", EVENT_FLAGS)
+    def event_create(self, timing: bool = False) -> int:
+        (event,) = self._call("cuEventCreate", TIMING_EVENT_FLAGS if timing else EVENT_FLAGS)
         return int(event)
+
+    def event_elapsed_ms(self, start: int, end: int) -> float:
+        # cuda-bindings 13 renamed it cuEventElapsedTime_v2 (the harness driver does the same)
+        fn = "cuEventElapsedTime" if hasattr(self._cu, "cuEventElapsedTime") \
+            else "cuEventElapsedTime_v2"
+        (ms,) = self._call(fn, start, end)
+        return float(ms)
 
     def event_record(self, event: int, stream: int) -> None:
         self._call("cuEventRecord", event, stream)

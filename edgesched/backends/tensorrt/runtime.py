@@ -14,9 +14,11 @@ from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.build import _import_trt
 from edgesched.backends.tensorrt.context import PrimaryContext, device_report, import_pycuda
+from edgesched.backends.tensorrt.layers import make_profiler, node_times_us, read_layer_info
 from edgesched.backends.tensorrt.loading import ENGINE_SUFFIXES, Loader
 from edgesched.backends.tensorrt.memory import Pool as _Pool
 from edgesched.backends.tensorrt.memory import Tensor as _Tensor
+from edgesched.backends.tensorrt.probing import Calibration
 from edgesched.backends.tensorrt.slices import Slice as _Slice
 from edgesched.backends.tensorrt.state import Flight as _Flight
 from edgesched.backends.tensorrt.state import Model as _Model
@@ -54,13 +56,19 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    exclusive_instances = True     # an instance is one execution context: one launch at a time
 
-    def __init__(self, streams: int, device: int = 0):
+    def __init__(self, streams: int, device: int = 0, *, timed: bool = False):
+        """timed: every launch is bracketed by CUDA timing events and its Completion carries
+        the device time (calibration); serving leaves it off (cheaper DISABLE_TIMING events)."""
         if streams < 1:
             raise ValueError("streams must be >= 1")
         self._trt = _import_trt()
         self._cuda = import_pycuda()
         self.num_streams = streams
+        self.device = device
+        self._timed = timed
+        self._calibration = Calibration()      # probes and telemetry; idle unless calibrating
         self.stream_priorities: list[int] = []
         self.zero_copy = False
         self._primary: PrimaryContext | None = None
@@ -196,10 +204,13 @@ class TensorRTBackend:
             request.running += 1
             flight.piece, flight.context = piece, piece.free.pop()
             with self._current():
+                if self._timed:
+                    flight.start_event = self._take_event()
+                    self._driver.event_record(flight.start_event, stream)
                 enqueued = True
                 if not self._enqueue(request, piece, flight.context, stream):
                     flight.error = "TensorRT execute_async_v3 returned False (see its log)"
-                flight.event = self._events.pop() if self._events else self._new_event()
+                flight.event = self._take_event()
                 self._driver.event_record(flight.event, stream)
             self._work[launch.stream].put(flight)
             return
@@ -217,8 +228,10 @@ class TensorRTBackend:
         flight.finished_s = time.monotonic()
         self._done.ring(flight)
 
-    def _new_event(self) -> int:
-        event = self._driver.event_create()
+    def _take_event(self) -> int:
+        if self._events:
+            return self._events.pop()
+        event = self._driver.event_create(timing=self._timed)
         self._all_events.append(event)
         return event
 
@@ -277,6 +290,9 @@ class TensorRTBackend:
             while (flight := work.get()) is not None:
                 try:
                     self._driver.event_synchronize(flight.event)
+                    if flight.start_event and not flight.error:
+                        flight.device_s = 1e-3 * self._driver.event_elapsed_ms(
+                            flight.start_event, flight.event)
                 except Exception as e:  # a fault in the slice's kernels surfaces here
                     flight.error = flight.error or f"CUDA: {_one_line(e)}"
                 flight.finished_s = time.monotonic()
@@ -294,14 +310,71 @@ class TensorRTBackend:
         """Back on the engine thread: the GPU is done with the launch's context and buffers."""
         if flight.context is not None:
             flight.piece.free.append(flight.context)
-        if flight.event:
-            self._events.append(flight.event)
+        self._events += [e for e in (flight.event, flight.start_event) if e]
         request = flight.request
         if request is not None and flight.context is not None:
             request.running -= 1
             if request.released and not request.running:
                 self._free(request)
-        return Completion(flight.launch, flight.started_s, flight.finished_s, flight.error)
+        return Completion(flight.launch, flight.started_s, flight.finished_s, flight.error,
+                          flight.device_s)
+
+    # --- calibration: probes, telemetry, identity (probing.py) ---------------------------------
+    def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
+        """Start probe kernels on their own least-priority streams: the compute probe on `sm`
+        of the SMs, the streaming probe on `mem` of them (0: none), relaunched until
+        `stop_probe` or `seconds` pass. Compiles the probes (NVRTC) on first use."""
+        try:
+            return self._calibration.launch(self._primary, self.device, sm, mem, seconds)
+        except EdgeschedError:
+            raise
+        except Exception as e:
+            raise BackendUnavailable(f"probe kernels cannot run: {_one_line(e)}") from None
+
+    def stop_probe(self, key: int) -> None:
+        """Stop a probe and wait for its queued chunks (idempotent; unknown keys ignored)."""
+        error = self._calibration.stop(self._primary, key)
+        if error:
+            raise BackendUnavailable(f"probe {key} failed on the GPU: {error}")
+
+    def attach_telemetry(self, reader) -> None:
+        """Sample `reader` (telemetry/) from now on for `telemetry()`; closed with the backend."""
+        self._calibration.attach(reader)
+
+    @property
+    def min_window_s(self) -> float:
+        """The shortest solo window telemetry can average over (0: no telemetry attached)."""
+        return self._calibration.min_window_s
+
+    def telemetry(self) -> tuple[float, float]:
+        """(GPU load, EMC utilization), fractions 0..1, averaged since the previous call."""
+        return self._calibration.window()
+
+    def profile_layers(self, model: str, index: int, on: bool) -> dict[str, float]:
+        """Attach (on) or detach (off) an IProfiler to every execution context of one slice.
+        Detaching returns its ONNX node -> mean microseconds per run, through the layer JSON
+        beside the engine (layers.py); {} where the slice ran no profiled launch."""
+        piece = self._models[model].slices[index]
+        if on:
+            profiler = make_profiler(self._trt)
+            for context in piece.contexts:
+                context.profiler = profiler
+            return {}
+        profiler = piece.contexts[0].profiler if piece.contexts else None
+        for context in piece.contexts:
+            context.profiler = None
+        if profiler is None:
+            return {}
+        return node_times_us(profiler.mean_ms(), read_layer_info(piece.path))
+
+    def identity(self) -> dict:
+        """What a profile measured here is tied to on the software and GPU side."""
+        cuda, dev = self._cuda, self._primary.device
+        version = cuda.get_driver_version()
+        return {"tensorrt": str(self._trt.__version__),
+                "cuda_driver": f"{version // 1000}.{version % 1000 // 10}",
+                "gpu": dev.name(), "compute_capability": "{}.{}".format(*dev.compute_capability()),
+                "sms": int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))}
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         request = self._requests.pop(request_id)
@@ -332,6 +405,11 @@ class TensorRTBackend:
         if self._closed:
             return
         self._closed = True
+        if self._primary is not None and self._primary.retained:
+            try:
+                self._calibration.close(self._primary)
+            except Exception as e:
+                log.warning("closing the probe kernels: %s", _one_line(e))
         for work in self._work:
             work.put(None)
         for thread in self._waiters:

@@ -38,7 +38,7 @@ class Flight:
     """One launch between `launch` and `poll`."""
 
     __slots__ = ("launch", "request", "started_s", "finished_s", "error", "piece", "context",
-                 "event")
+                 "event", "start_event", "device_s")
 
     def __init__(self, launch: Launch, request: Request | None, started_s: float):
         self.launch, self.request, self.started_s = launch, request, started_s
@@ -47,3 +47,5 @@ class Flight:
         self.piece: Slice | None = None
         self.context = None
         self.event = 0
+        self.start_event = 0          # timed mode: a timing event recorded before the enqueue
+        self.device_s: float | None = None

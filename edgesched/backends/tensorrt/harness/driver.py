@@ -224,6 +224,11 @@ class Cuda:
         self._undo.append(("cuEventDestroy", event))
         return event
 
+    def destroy_event(self, event) -> None:
+        """Destroy one event made by `event` now rather than at close."""
+        self._undo.remove(("cuEventDestroy", event))
+        self.call("cuEventDestroy", event)
+
     def record(self, event, stream) -> None:
         self.call("cuEventRecord", event, stream)
 
