@@ -78,6 +78,9 @@ class SchedulerConfig:
 class LimitsConfig:
     max_message_bytes: int = 64 * 1024 * 1024  # one request message, all frames together
     queue_depth: int = 64                      # queued requests per model before Overloaded
+    # Bytes of request tensors the server may hold at once (admitted and not yet answered, plus
+    # the ROUTER's per-peer queue it sizes): past it, Overloaded at once. >= max_message_bytes.
+    intake_bytes: int = 256 * 1024 * 1024
     launch_timeout_s: float = 10.0             # one slice launch longer than this fails its
                                                # request; the stream stays held until it ends
     unhealthy_after: int = 3                   # consecutive failed launches -> model unhealthy
@@ -317,7 +320,8 @@ def _boolean(v: Any) -> bool:
 
 _SCHEDULER: _Checks = {"policy": _one_of(PolicyName), "tolerance": _tolerance,
                        "early_reject": _boolean}
-_LIMITS: _Checks = {"max_message_bytes": _integer(1024), "queue_depth": _integer(1),
+_LIMITS: _Checks = {"max_message_bytes": _integer(1024), "intake_bytes": _integer(1024),
+                    "queue_depth": _integer(1),
                     "launch_timeout_s": _positive, "unhealthy_after": _integer(1),
                     "unhealthy_retry_s": _positive, "drift_threshold": _positive,
                     "drift_sustain_s": _positive}
@@ -368,6 +372,15 @@ def _models(source: str, data: Any, base_dir: Path) -> tuple[ModelConfig, ...]:
     return tuple(models)
 
 
+def _limits(source: str, limits: LimitsConfig) -> LimitsConfig:
+    # One message must fit the byte budget, or a valid request could never be admitted.
+    if limits.intake_bytes < limits.max_message_bytes:
+        raise ConfigError(source, "limits.intake_bytes",
+                          f"an integer >= limits.max_message_bytes ({limits.max_message_bytes})",
+                          limits.intake_bytes)
+    return limits
+
+
 def parse_config(data: object, source: str, base_dir: Path) -> Config:
     """A Config from loaded YAML; relative paths are resolved against `base_dir`."""
     def section(name: str, cls: type, checks: _Checks) -> Callable[[Any], Any]:
@@ -378,7 +391,7 @@ def parse_config(data: object, source: str, base_dir: Path) -> Config:
         "device": section("device", DeviceConfig, _DEVICE),
         "server": lambda v: _server(source, v, base_dir),
         "scheduler": section("scheduler", SchedulerConfig, _SCHEDULER),
-        "limits": section("limits", LimitsConfig, _LIMITS),
+        "limits": lambda v: _limits(source, section("limits", LimitsConfig, _LIMITS)(v)),
         "profile": lambda v: None if v is None else _resolve(v, base_dir),
         "telemetry": _one_of(TelemetrySource),
         "models": lambda v: _models(source, v, base_dir),

@@ -29,6 +29,11 @@ class ElementType:
     def np_dtype(self) -> np.dtype:
         return _NUMPY[self.name]
 
+    @property
+    def wire(self) -> str:
+        """The wire's spelling, byte order included: "<f4", "|u1" (always little-endian)."""
+        return _WIRE[self.name]
+
 
 # Plain numeric types only: no object, string, complex or sub-byte types are ever served.
 TYPES: tuple[ElementType, ...] = (
@@ -53,13 +58,22 @@ ONNX_UNSERVED = {0: "UNDEFINED", 8: "STRING", 14: "COMPLEX64", 15: "COMPLEX128",
                  17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2",
                  20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1"}
 
+_LITTLE_HOST = bool(np.little_endian)
 _NUMPY = {t.name: np.dtype(t.name) for t in TYPES}
+# The wire is little-endian whatever the host (every Jetson and x86-64 is): "<f4"; one-byte
+# types have no order ("|u1"). numpy spells both with dtype.str.
+_WIRE = {t.name: np.dtype(t.name).newbyteorder("<").str for t in TYPES}
 _BY_NAME = {t.name: t for t in TYPES}
 _BY_NUMPY = {t.np_dtype: t for t in TYPES}
 _BY_ONNX = {t.onnx: t for t in TYPES}
 _BY_ORT = {t.ort: t for t in TYPES}
 _BY_TENSORRT = {t.tensorrt: t for t in TYPES if t.tensorrt is not None}
 _SERVED = ", ".join(sorted(NAMES))
+# What a wire "dtype" may say: a byte-order string ("<f4") or, as protocol 1 clients sent it,
+# the bare name ("float32", read as little-endian). Big-endian strings are named, not guessed.
+_BY_WIRE = {**_BY_NAME, **{_WIRE[t.name]: t for t in TYPES}}
+_BIG_ENDIAN = {np.dtype(t.name).newbyteorder(">").str: t for t in TYPES if t.itemsize > 1}
+WIRE_NAMES = frozenset(_BY_WIRE)
 
 
 def _unsupported(what: str) -> UnsupportedDtype:
@@ -84,6 +98,27 @@ def from_numpy(dtype: object) -> ElementType:
     if element is None:
         raise _unsupported(f"numpy dtype {dtype}")
     return element
+
+
+def from_wire(spelling: object) -> ElementType:
+    """From a wire "dtype": "<f4" or "float32" (little-endian); ">f4" is refused by name."""
+    element = _BY_WIRE.get(spelling) if isinstance(spelling, str) else None
+    if element is not None:
+        return element
+    big = _BIG_ENDIAN.get(spelling) if isinstance(spelling, str) else None
+    if big is not None:
+        raise UnsupportedDtype(f"dtype {spelling!r} is big-endian; the wire is little-endian "
+                               f"(send {big.wire!r}: the client converts)")
+    raise _unsupported(f"dtype {spelling!r}")
+
+
+def to_little_endian(array: np.ndarray) -> np.ndarray:
+    """`array` in little-endian order: itself when it already is (no copy), else converted
+    (one copy). A dtype edgesched does not serve is returned as it is, for the caller to name."""
+    order = array.dtype.byteorder
+    if order in "<|" or order == "=" and _LITTLE_HOST:
+        return array
+    return array.astype(array.dtype.newbyteorder("<"))
 
 
 def from_onnx(elem_type: int) -> ElementType:

@@ -148,6 +148,9 @@ class Engine:
         return taken
 
     def _carry_out(self, update: Update) -> None:
+        if not (update.staged or update.launches or update.answers or update.freed
+                or update.depths or update.notices):
+            return      # most steps' intake or update: nothing to do, and this runs 3x a step
         backend = self.backend
         for level, message in update.notices:
             getattr(log, level)("%s", message)

@@ -173,6 +173,10 @@ class Completion:
     error: str | None = None
     device_s: float | None = None    # GPU time between CUDA timing events around the launch,
     #                                  where the backend measured it (TensorRT, timed mode)
+    # The model's runtime raised on these inputs (ORT's session.run), as opposed to a device
+    # fault (a CUDA error, a lost context): the lifecycle blames the inputs if their shapes
+    # never ran successfully before (sched/lifecycle.py).
+    rejected: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Generate the workload models under engines/workloads/: real-size networks in tiny files.
 
-Five networks with the layer shapes (so the FLOPs, weight bytes and activation sizes) of what
+Six networks with the layer shapes (so the FLOPs, weight bytes and activation sizes) of what
 Jetson boxes run, for `edgesched simulate` workloads and benchmarks:
 
     detector.onnx    ResNet-18-style backbone (3/4 width) + FPN-lite single-stage head, 384x384
@@ -8,6 +8,7 @@ Jetson boxes run, for `edgesched simulate` workloads and benchmarks:
     classifier.onnx  MobileNetV2 1.0 (inverted residuals, depthwise convs, ReLU6 as Clip), 224x224
     reid.onnx        half-width ResNet-18 embedding net for a tracker, 8 crops of 128x64
     depthnet.onnx    VGG-style monocular-depth encoder-decoder with skips, 192x640
+    vgg.onnx         VGG-16 convolutions + global-pool head, 224x224 (very long layers)
 
 Every weight tensor is made at load time by a ConstantOfShape node from a small shape
 initializer (as in the "light" models of onnx's test data), so each file is a few KB while
@@ -279,12 +280,41 @@ def build_depthnet() -> onnx.ModelProto:
     )
 
 
+VGG_SIZE = 224
+
+
+def build_vgg() -> onnx.ModelProto:
+    b = Builder()
+    x, cin = "image", 3
+    # VGG-16's 13 convolutions: few, long layers (the first ones 3.7 GFLOPs each at 224x224),
+    # the case a scheduler cannot interleave around at layer boundaries.
+    for stage, (c, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
+                                       start=1):
+        for k in range(1, convs + 1):
+            x = conv(b, f"stage{stage}.conv{k}", x, cin, c, 3)
+            cin = c
+        x = b.op("MaxPool", f"stage{stage}.pool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = b.op("GlobalAveragePool", "head.pool", [x])
+    x = b.op("Flatten", "head.flatten", [x], axis=1)
+    w = b.weight("head.fc.weight", (1000, cin), 1.0 / cin)
+    bias = b.weight("head.fc.bias", (1000,), 0.01)
+    b.op("Gemm", "head.fc", [x, w, bias], output="logits", transB=1)
+    return b.model(
+        "vgg",
+        "VGG-16 convolutions (13 3x3 convs of 64-512 channels, 2x2 max pools) at 224x224 with "
+        "a global-pool classifier head: a best-effort model with very long layers.",
+        [("image", (1, 3, VGG_SIZE, VGG_SIZE))],
+        [("logits", (1, 1000))],
+    )
+
+
 MODELS = {
     "detector.onnx": build_detector,
     "segmenter.onnx": build_segmenter,
     "classifier.onnx": build_classifier,
     "reid.onnx": build_reid,
     "depthnet.onnx": build_depthnet,
+    "vgg.onnx": build_vgg,
 }
 
 

@@ -56,7 +56,7 @@ ODD_FIELDS = [    # (header field, odd value, expected outcome)
     ("deadline_ms", 1e-9, ANY), ("priority", "urgent", INVALID), ("priority", 1, INVALID),
     ("priority", ["realtime"], INVALID), ("priority", None, None), ("v", True, ANY),
     ("v", 1.0, None), ("id", "7", INVALID), ("id", 1.5, INVALID), ("id", None, INVALID)]
-ODD_DTYPES = ["float64", "float16", "int32", "uint8", "bool", "object", "<f4", "float128",
+ODD_DTYPES = ["float64", "float16", "int32", "uint8", "bool", "object", ">f4", "float128",
               "complex64", "", 7, None, ["float32"]]
 ODD_SHAPES = [[2**31 - 1] * 8, [2**30, 2**30], [2**31], [1] * 9, [2**62], [2**64 - 1], [-1],
               [1, 3, -96, -96], [1.5, 2], ["1"], None, 3, [True, 1], [0, 3, 96, 96]]

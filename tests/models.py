@@ -170,6 +170,17 @@ def build_fragile_model(path: Path) -> Path:
                  {"shape": np.array([2, 2], np.int64)}, Path(path), "fragile")
 
 
+def build_heavy_input_model(path: Path, layers: int = 4) -> Path:
+    """x[n] -> Tanh `layers` times -> ReduceSum to y[1]: takes any size of input (a flood of
+    16 MiB requests), a few ms per MiB on one CPU thread."""
+    nodes, current = [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("Tanh", [current], [f"t{i}"]))
+        current = f"t{i}"
+    nodes.append(helper.make_node("ReduceSum", [current], ["y"], keepdims=1))
+    return _save(nodes, [_value("x", ("n",))], [_value("y", (1,))], {}, Path(path), "heavy")
+
+
 # The dynamic conv net: image[N,3,H,W] -> logits[N,10]: a stride-2 stem, two residual blocks
 # (the second after a stride-2 conv), a global-average-pool head. Its cost grows with N*H*W.
 DYNAMIC_INPUT = ("image", ("N", 3, "H", "W"))

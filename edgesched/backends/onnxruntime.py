@@ -201,7 +201,7 @@ class OnnxRuntimeBackend:
             if launch is None:
                 return
             start = time.monotonic()
-            error = None
+            error, rejected = None, False
             try:
                 piece = self._slices[launch.model][launch.slice_index]
                 _, tensors, synthetic = self._tensors[launch.request_id]
@@ -215,7 +215,10 @@ class OnnxRuntimeBackend:
             except Exception as e:  # a failing slice fails only its own request
                 text = str(e).strip()
                 error = f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
-            self._done.ring(Completion(launch, start, time.monotonic(), error))
+                # ORT on the CPU has no device to fail: an exception is the graph refusing
+                # these inputs, except running out of memory (the host's fault, not theirs).
+                rejected = not isinstance(e, MemoryError)
+            self._done.ring(Completion(launch, start, time.monotonic(), error, rejected=rejected))
 
     def poll(self, timeout_s: float) -> list[Completion]:
         return self._done.wait(timeout_s)

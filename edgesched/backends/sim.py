@@ -123,6 +123,9 @@ class SimBackend:
         # request id -> its own (works, output shapes) when staged at other shapes than opt
         self._request_shapes: dict[int, tuple[list[SliceWork], dict]] = {}
         self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
+        # _durations() while the set of jobs is unchanged (None: recompute): contention
+        # depends only on who runs, and most polls see the same set as the one before.
+        self._durations_now: dict[int, float] | None = None
         self._probe_ids = 0
         self._busy_integral = self._traffic_integral = 0.0   # for telemetry()
         self._slowdowns: list[tuple[float, float]] = []     # (from virtual s, time factor)
@@ -207,6 +210,11 @@ class SimBackend:
             known.update(tensor_shapes(g, s))
         return works, {t.name: known[t.name] for t in self._outputs[model] if t.name in known}
 
+    def solo_us(self, model: str) -> float:
+        """A loaded model's solo time, all slices, microseconds (its simulated ground truth:
+        for sizing slices, never read by the scheduler)."""
+        return sum(w.duration_us for w in self._work[model])
+
     def load_profiled(self, model: str, demands, inputs=(), outputs=()) -> LoadedModel:
         """A model known only by its measured profile (a SliceDemand per slice): the second
         mode, in which the simulated device is the one calibration measured."""
@@ -238,6 +246,7 @@ class SimBackend:
         shaped = self._request_shapes.get(launch.request_id)
         work = (shaped[0] if shaped else self._work[launch.model])[launch.slice_index]
         self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
+        self._durations_now = None
 
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
         """A synthetic kernel of known footprint (calibration probes), on its own stream."""
@@ -246,10 +255,12 @@ class SimBackend:
         work = SliceWork(0.0, seconds * 1e6 * (1 - min(mem, 1.0)), seconds * 1e6 * min(mem, 1.0),
                          sm, mem, 1, sm, mem)
         self._jobs[key] = _Job(None, work, self._now, 1.0)
+        self._durations_now = None
         return key
 
     def stop_probe(self, key: int) -> None:
         self._jobs.pop(key, None)
+        self._durations_now = None
 
     def _noise(self) -> float:
         return math.exp(self._rng.gauss(0.0, self._sigma)) if self._sigma else 1.0
@@ -278,23 +289,24 @@ class SimBackend:
             self._ready.extend(batch)
 
     def _poll_until(self, target: float) -> list[Completion]:
-        while True:
-            slices = {k: j for k, j in self._jobs.items() if j.launch is not None}
-            if not slices:
-                self._advance(target - self._now, self._durations())
-                return []
-            durations = self._durations()
-            step, first = min((self._jobs[k].remaining * durations[k], k) for k in slices)
-            if self._now + step > target:
-                self._advance(target - self._now, durations)
-                return []
-            self._advance(step, durations)
-            done = [k for k in slices if self._jobs[k].remaining <= 1e-12 or k == first]
-            out = []
-            for k in done:
-                job = self._jobs.pop(k)
+        jobs = self._jobs
+        durations = self._durations()
+        slices = [(j.remaining * durations[k], k) for k, j in jobs.items() if j.launch is not None]
+        if not slices:
+            self._advance(target - self._now, durations)
+            return []
+        step, first = min(slices)
+        if self._now + step > target:
+            self._advance(target - self._now, durations)
+            return []
+        self._advance(step, durations)
+        out = []
+        for _, k in slices:
+            if k == first or jobs[k].remaining <= 1e-12:
+                job = jobs.pop(k)
                 out.append(Completion(job.launch, job.started_s, self._now))
-            return out
+        self._durations_now = None
+        return out
 
     def _advance(self, dt: float, durations: dict[int, float]) -> None:
         if dt <= 0:
@@ -312,27 +324,41 @@ class SimBackend:
         """Each job's current total duration in seconds, given who runs beside it now. A job
         feels contention at its own phase peak (SM fill in its compute-bound kernels, bandwidth
         in its memory-bound ones) against the others' average use."""
+        if self._durations_now is not None and not self._slowdowns:
+            return self._durations_now
         jobs = self._jobs
         prioritized = self.spec.stream_priorities
-        p_hi = sum(j.work.sm for j in jobs.values() if prioritized and j.high)
-        p_lo = sum(j.work.sm for j in jobs.values() if not (prioritized and j.high))
-        p_mem = sum(j.work.mem for j in jobs.values())
+        p_hi = p_lo = p_mem = 0.0
+        for j in jobs.values():
+            if prioritized and j.high:
+                p_hi += j.work.sm
+            else:
+                p_lo += j.work.sm
+            p_mem += j.work.mem
         out = {}
         slowed = self._time_factor() if self._slowdowns else 1.0
+        # Blocks of high-priority streams are scheduled first; resident low-priority blocks
+        # are not preempted, so some capacity always remains.
+        left = 1.0 - (1.0 - PRIORITY_LEAK) * (p_hi if p_hi < 1.0 else 1.0)
+        if left < 0.1:
+            left = 0.1
         for key, job in jobs.items():
             w = job.work
             if prioritized and job.high:
-                others = p_hi - w.sm + PRIORITY_LEAK * p_lo
-                sm_stretch = max(1.0, w.sm_peak + others)
+                sm_stretch = w.sm_peak + (p_hi - w.sm + PRIORITY_LEAK * p_lo)
             else:
-                # Blocks of high-priority streams are scheduled first; resident low-priority
-                # blocks are not preempted, so some capacity always remains.
-                left = max(0.1, 1.0 - (1.0 - PRIORITY_LEAK) * min(p_hi, 1.0))
-                sm_stretch = max(1.0, (w.sm_peak + p_lo - w.sm) / left)
+                sm_stretch = (w.sm_peak + p_lo - w.sm) / left
+            if sm_stretch < 1.0:
+                sm_stretch = 1.0
             others_mem = p_mem - w.mem
-            mem_stretch = max(1.0, w.mem_peak + others_mem) * (1.0 + CACHE_GAMMA * others_mem)
+            mem_stretch = w.mem_peak + others_mem
+            if mem_stretch < 1.0:
+                mem_stretch = 1.0
+            mem_stretch *= 1.0 + CACHE_GAMMA * others_mem
             seconds = (w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch) / 1e6
-            out[key] = max(seconds * job.scale * slowed, 1e-9)
+            seconds *= job.scale * slowed
+            out[key] = seconds if seconds > 1e-9 else 1e-9
+        self._durations_now = out
         return out
 
     def telemetry(self) -> tuple[float, float]:
@@ -376,3 +402,4 @@ class SimBackend:
 
     def close(self) -> None:
         self._jobs.clear()
+        self._durations_now = None

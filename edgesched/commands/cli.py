@@ -191,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(overhead)
     overhead.add_argument("--model", default="attention")
     overhead.add_argument("--requests", type=_positive(int), default=2000)
+    scheduler = bench_sub.add_parser("scheduler", help="microseconds per plan at 8 to 512 "
+                                                       "waiting requests, per policy")
+    scheduler.add_argument("--repeats", type=_positive(int), default=2000)
+    frames = bench_sub.add_parser("frames", help="camera frames by copy and by shared memory "
+                                                 "vs raw ZeroMQ echo")
+    frames.add_argument("--requests", type=_positive(int), default=200)
     soak = bench_sub.add_parser("soak", help="long mixed load; watch the server for leaks and "
                                              "lost requests")
     _config_arg(soak)
@@ -279,6 +285,14 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     if args.bench == "soak":
         return _bench_soak(args)
+    if args.bench == "frames":
+        from edgesched.commands.bench_frames import bench_frames
+        print(bench_frames(n=args.requests), flush=True)
+        return 0
+    if args.bench == "scheduler":
+        from edgesched.commands.bench_scheduler import bench_scheduler
+        print(bench_scheduler(repeats=args.repeats), flush=True)
+        return 0
     from edgesched.commands.bench import bench_overhead
     config = load_config(args.config or default_config())
     print(bench_overhead(config, args.model, n=args.requests), flush=True)

@@ -24,7 +24,7 @@ from edgesched.backends import load_models
 from edgesched.backends.sim import SimBackend
 from edgesched.backends.sim_device import spec_for
 from edgesched.commands.measure import measure_profile
-from edgesched.commands.workload import Workload, arrival_times
+from edgesched.commands.workload import AUTO, Workload, arrival_times, auto_slices
 from edgesched.engine import Engine, Result, Submission
 from edgesched.modelfiles.shaping import model_shapes
 from edgesched.modelfiles.slicing import slice_model
@@ -51,8 +51,11 @@ def _prepare(workload: Workload, tmp: Path) -> dict[str, Path]:
     hints = {m.name: file_hint(workload.source, i) for i, m in enumerate(workload.models)}
     shapes = {m.name: model_shapes(m.name, m.path, m.shapes, hints[m.name])
               for m in workload.models}
+    counts = auto_slices(workload, _solo_us(workload, shapes)) if any(
+        m.slices == AUTO for m in workload.models) else {}
     paths = {}
     for m in workload.models:
+        m = dataclasses.replace(m, slices=counts.get(m.name, m.slices))
         if m.slices == 1:
             paths[m.name] = m.path
         else:
@@ -61,6 +64,24 @@ def _prepare(workload: Workload, tmp: Path) -> dict[str, Path]:
                         shape_hint=hints[m.name])
             paths[m.name] = out
     return paths
+
+
+def _solo_us(workload: Workload, shapes: dict) -> dict[str, float]:
+    """Each model's whole solo time on the workload's device, from the cost model (what the
+    simulator also runs on; the scheduler's profile is measured later, as always)."""
+    probe = SimBackend(spec_for(workload.device), 1, seed=workload.seed)
+    for m in workload.models:
+        probe.load(m.name, m.path, 1, shapes=shapes[m.name])
+    return {m.name: probe.solo_us(m.name) for m in workload.models}
+
+
+def slice_counts(workload: Workload) -> dict[str, int]:
+    """How many slices each model is cut into (`slices: auto` resolved)."""
+    hints = {m.name: file_hint(workload.source, i) for i, m in enumerate(workload.models)}
+    shapes = {m.name: model_shapes(m.name, m.path, m.shapes, hints[m.name])
+              for m in workload.models}
+    counts = auto_slices(workload, _solo_us(workload, shapes))
+    return {m.name: counts.get(m.name, m.slices) for m in workload.models}
 
 
 def _load(backend: SimBackend, workload: Workload, paths: dict[str, Path],
@@ -164,6 +185,8 @@ def simulate(workload: Workload, policies: list[str], processes: int = 1) -> dic
         result = {"simulated": True, "device": workload.device,
                   "duration_s": workload.duration_s, "seed": workload.seed,
                   "predictor_mape": profile.meta.get("predictor_mape"), "policies": {}}
+        if any(m.slices == AUTO for m in workload.models):
+            result["slices"] = slice_counts(workload)     # what `auto` chose
         # Independent runs: one process each, as many at once as there are cores.
         solos = [m.name for m in workload.models if m.priority is Priority.REALTIME]
         jobs = [(policy, None) for policy in policies] + [("fifo", {name}) for name in solos]
@@ -188,6 +211,9 @@ def format_report(result: dict) -> str:
     from edgesched.commands.table import format_table
     lines = [f"SIMULATED on {result['device']}: {result['duration_s']:g} s, seed {result['seed']}"
              f" (predictor held-out error {_pct(result['predictor_mape'])})"]
+    if "slices" in result:
+        lines.append("slices (auto resolved): " + ", ".join(
+            f"{name} {n}" for name, n in result["slices"].items()))
     fifo = result["policies"].get("fifo", {}).get("best_effort_work")
     for policy, body in result["policies"].items():
         rows = []

@@ -43,6 +43,9 @@ from edgesched.types import Priority
 
 ARRIVAL_KINDS = ("periodic", "poisson", "closed")
 MAX_SLICES = 16
+AUTO = "auto"
+AUTO_SHARE = 0.5     # an auto slice fits in this share of the tightest realtime slack
+AUTO_MIN_SLICES = 4    # see auto_slices; realtime models get exactly this many
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Arrival:
 class WorkloadModel:
     name: str
     path: Path                        # absolute; an existing .onnx file
-    slices: int                       # 1..MAX_SLICES, cut by edgesched.modelfiles.slicing
+    slices: int | str                 # 1..MAX_SLICES, cut by edgesched.modelfiles.slicing, or
+    #                                   AUTO: sized to the realtime slack (auto_slices)
     slo_ms: float
     priority: Priority
     arrival: Arrival
@@ -156,6 +160,15 @@ def _onnx_path(v: Any, base_dir: Path) -> Path:
     raise _Invalid("an existing .onnx file", _Text(f"{where}, {why}"))
 
 
+def _slices(v: Any) -> int | str:
+    if v == AUTO:
+        return AUTO
+    try:
+        return _integer(1, MAX_SLICES)(v)
+    except _Invalid as e:
+        raise _Invalid(f"{e.args[0]} or {AUTO!r}", v) from None
+
+
 def _models(source: str, data: Any, base_dir: Path) -> tuple[WorkloadModel, ...]:
     if not isinstance(data, (list, tuple)) or not data:
         raise _Invalid("a list of at least one model", data)
@@ -164,7 +177,7 @@ def _models(source: str, data: Any, base_dir: Path) -> tuple[WorkloadModel, ...]
         prefix = f"models[{i}]"
         checks: _Checks = {
             "name": _name, "path": lambda v: _onnx_path(v, base_dir),
-            "slices": _integer(1, MAX_SLICES), "slo_ms": _positive,
+            "slices": _slices, "slo_ms": _positive,
             "priority": _one_of(Priority),
             "arrival": lambda v, p=f"{prefix}.arrival": _arrival(source, p, v),
             "instances": _integer(1, 16), "shapes": _shapes,
@@ -230,3 +243,37 @@ def arrival_times(arrival: Arrival, duration_s: float, rng: np.random.Generator)
     else:
         raise ValueError(f"unknown arrival kind {arrival.kind!r}")
     return [float(t) for t in times if t < duration_s]
+
+
+def auto_slices(workload: Workload, solo_us: dict[str, float]) -> dict[str, int]:
+    """Slice counts for the models with `slices: auto`, from each model's estimated solo time
+    on the workload's device (`solo_us`), evenly sized as in SPLIT. The target slice time is
+    the lesser of
+    - AUTO_SHARE of the tightest realtime slack (its SLO, or for a camera its frame period if
+      shorter, less its solo time): the most a realtime request can wait behind a slice, and
+    - the shortest realtime model's solo time: a frame that meets a best-effort slice it
+      cannot run beside then overlaps it for at most its own length, and best-effort work
+      finds room in the gaps between frames.
+    Every model is cut into at least AUTO_MIN_SLICES (realtime ones into exactly that): the
+    policy can then co-run the parts of two models that complement each other, which a
+    whole-model demand averages away. With no realtime model only that minimum applies."""
+    slacks, solos = [], []
+    for m in workload.models:
+        if m.priority is not Priority.REALTIME:
+            continue
+        budget_ms = m.slo_ms
+        if m.arrival.kind == "periodic":
+            budget_ms = min(budget_ms, 1e3 / m.arrival.fps)
+        slacks.append(budget_ms * 1e3 - solo_us[m.name])
+        solos.append(solo_us[m.name])
+    target_us = min(AUTO_SHARE * max(min(slacks), 0.0), min(solos)) if slacks else math.inf
+    counts = {}
+    for m in workload.models:
+        if m.slices != AUTO:
+            continue
+        if m.priority is Priority.REALTIME:
+            counts[m.name] = AUTO_MIN_SLICES
+            continue
+        n = MAX_SLICES if target_us <= 0 else math.ceil(solo_us[m.name] / target_us)
+        counts[m.name] = max(AUTO_MIN_SLICES, min(MAX_SLICES, n))
+    return counts

@@ -6,11 +6,17 @@ again would lose another). While unhealthy its requests are refused with `ModelU
 except one probe request every `retry_s`, and none while one of its launches is still stuck.
 The first success makes it healthy again. Deadline misses and overload are not model faults
 and do not count. Written by the engine thread; `snapshot` may be read from any thread.
+
+The breaker judges the model, not the client: it remembers per model the input shape
+signatures that completed (`worked`, `proven`). A runtime rejection (the model's runtime raised
+on the inputs, Completion.rejected) on a signature that never completed is the request's
+fault: answered InvalidInput and counted in `rejections`, never toward `unhealthy_after`.
+Device faults, timeouts, and rejections on proven signatures count as before.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -21,6 +27,19 @@ class _State:
     timeouts: int = 0                  # since start
     last_error: str | None = None
     next_probe_s: float = 0.0
+    rejections: int = 0                # runtime rejections blamed on the inputs, since start
+    # input shape signatures that completed, oldest first (a dict as an ordered set)
+    proven: dict = field(default_factory=dict)
+
+
+# Signatures remembered per model; past it the oldest is forgotten (a model with dynamic
+# dimensions may see many shapes: memory stays bounded, a forgotten shape is proven again).
+MAX_PROVEN = 1024
+
+
+def signature(inputs) -> tuple:
+    """A request's input shape signature: ((name, shape), ...) sorted by name."""
+    return tuple(sorted((name, tuple(getattr(a, "shape", ()))) for name, a in inputs.items()))
 
 
 class Health:
@@ -52,6 +71,28 @@ class Health:
             s.healthy, s.consecutive_failures = True, 0
         return recovered
 
+    def worked(self, model: str, shapes: tuple | None) -> None:
+        """A request of `model` with input signature `shapes` completed."""
+        proven = self._models[model].proven
+        if shapes is None or shapes in proven:
+            return
+        with self._lock:
+            if len(proven) >= MAX_PROVEN:
+                del proven[next(iter(proven))]
+            proven[shapes] = None
+
+    def blames_inputs(self, model: str, shapes: tuple | None) -> bool:
+        """Is a runtime rejection of these inputs their own fault? Yes unless the model has
+        completed a request of this very signature (then the model broke: it counts)."""
+        return shapes is not None and shapes not in self._models[model].proven
+
+    def rejected(self, model: str, error: str) -> None:
+        """A runtime rejection blamed on the inputs: counted, the breaker left as it was."""
+        s = self._models[model]
+        with self._lock:
+            s.rejections += 1
+            s.last_error = error
+
     def failed(self, model: str, error: str, now_s: float, timed_out: bool = False) -> bool:
         """A launch of `model` failed (or hung). True if that made the model unhealthy."""
         s = self._models[model]
@@ -78,4 +119,5 @@ class Health:
         with self._lock:
             return {name: {"healthy": s.healthy, "consecutive_failures": s.consecutive_failures,
                            "failures": s.failures, "timeouts": s.timeouts,
-                           "last_error": s.last_error} for name, s in self._models.items()}
+                           "rejections": s.rejections, "last_error": s.last_error}
+                    for name, s in self._models.items()}

@@ -23,12 +23,13 @@ from typing import Iterable, Mapping
 
 from edgesched.errors import (
     DeadlineExceeded,
+    InvalidInput,
     ModelUnavailable,
     Overloaded,
     RequestError,
     ServerError,
 )
-from edgesched.sched.health import Health
+from edgesched.sched.health import Health, signature
 from edgesched.sched.state import Request, SchedState
 from edgesched.types import Completion, Launch, ModelInfo, Plan, Priority, Timings
 
@@ -95,6 +96,7 @@ class Lifecycle:
         self._ids = itertools.count(1)
         self._deadlines: list[tuple[float, int]] = []          # heap of (deadline s, id)
         self._timeouts: list[tuple[float, int, int]] = []      # heap of (give up s, id, slice)
+        self._shapes: dict[int, tuple] = {}     # admitted request id -> its input signature
 
     # --- queries --------------------------------------------------------------------------
     def wait_s(self, now: float, max_wait_s: float) -> float:
@@ -167,7 +169,8 @@ class Lifecycle:
         request = Request(next(self._ids), sub.model, sub.priority or info.priority,
                           sub.arrival_s, info.slo_ms / 1e3, info.num_slices, sub.deadline_s,
                           sub.reply_to)
-        stuck = any(launch.model == sub.model for launch in self.state.stuck.values())
+        stuck = bool(self.state.stuck) and any(launch.model == sub.model
+                                               for launch in self.state.stuck.values())
         if not self.health.admit(sub.model, now, stuck):
             refusal = ModelUnavailable(self.health.describe(sub.model)), Outcome.FAILED
         elif self.state.pending(sub.model) >= self.queue_depth:
@@ -178,6 +181,7 @@ class Lifecycle:
                                        "request was queued"), Outcome.EXPIRED
         else:
             self.state.admit(request)
+            self._shapes[request.id] = signature(sub.inputs)
             out.staged.append((request, sub.inputs))
             out.depths.append((request.model, self.state.pending(request.model)))
             if request.deadline_s is not None:
@@ -214,7 +218,13 @@ class Lifecycle:
         # deadline that has passed by now (its heap entry may be gone: it was running).
         late = request.deadline_s is not None and (
             now >= request.deadline_s if more else c.finished_s > request.deadline_s)
-        if c.error is not None:
+        if c.error is not None and c.rejected and self.health.blames_inputs(
+                request.model, self._shapes.get(request.id)):
+            self.health.rejected(request.model, c.error)
+            self._fail(out, request, InvalidInput(
+                f"model {request.model!r} slice {c.launch.slice_index} refused input shapes it "
+                f"has never run: {c.error}"), Outcome.INVALID)
+        elif c.error is not None:
             self._fail(out, request, ServerError(
                 f"model {request.model!r} slice {c.launch.slice_index} failed: {c.error}"),
                 Outcome.FAILED)
@@ -230,6 +240,7 @@ class Lifecycle:
             state.retire(request)
             timings = Timings((request.first_launch_s - request.arrival_s) * 1e3,
                               request.device_s * 1e3, (c.finished_s - request.arrival_s) * 1e3)
+            self.health.worked(request.model, self._shapes.get(request.id))
             if self.health.succeeded(request.model):
                 out.notices.append(("warning", f"model {request.model!r} is healthy again"))
             self._answer(out, Answer(request, Outcome.COMPLETED, Buffers.FETCH,
@@ -277,5 +288,6 @@ class Lifecycle:
 
     def _answer(self, out: Update, answer: Answer) -> None:
         out.answers.append(answer)
+        self._shapes.pop(answer.request.id, None)
         model = answer.request.model
         out.depths.append((model, self.state.pending(model)))

@@ -21,8 +21,24 @@ class Policy(Protocol):
     def plan(self, state: SchedState, now_s: float) -> Plan: ...
 
 
-def _oldest_first(state: SchedState) -> list[Request]:
-    return sorted(state.waiting(), key=lambda r: r.order_key)
+def _heads(state: SchedState, free: int, realtime_by_urgency: bool) -> list[Request]:
+    """The requests a plan could launch: each ready queue's first few (no more than the
+    slice's free instances or `free` streams), realtime ones by urgency if asked, the others
+    by arrival. Any later request of a queue could only launch after those, on the same terms."""
+    heads: list[Request] = []
+    models, loads = state.models, state.slice_loads
+    for key, queue in state.ready():
+        n = models[key[0]].instances - loads.get(key[:2], 0)
+        if n > 0:
+            if n > free:
+                n = free
+            heads += [e[2] for e in (queue.by_urgency[:n] if key[2] and realtime_by_urgency
+                                     else queue.by_arrival[:n])]
+    return heads
+
+
+def _oldest_first(state: SchedState, free: int) -> list[Request]:
+    return sorted(_heads(state, free, False), key=lambda r: r.order_key)
 
 
 def _fill(state: SchedState, candidates: Iterable[Request],
@@ -53,25 +69,26 @@ class Fifo:
     name = PolicyName.FIFO.value
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
-        if state.running:
+        if state.running or not state.has_ready:
             return Plan()
-        return _fill(state, _oldest_first(state)[:1], lambda r, free: free[0])
+        return _fill(state, _oldest_first(state, 1)[:1], lambda r, free: free[0])
 
 
 class Greedy:
     name = PolicyName.GREEDY.value
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
-        if len(state.running) >= state.num_streams:
+        if len(state.running) >= state.num_streams or not state.has_ready:
             return Plan()
-        return _fill(state, _oldest_first(state), lambda r, free: free[0])
+        free = state.num_streams - len(state.running)
+        return _fill(state, _oldest_first(state, free), lambda r, free: free[0])
 
 
 class PriorityStreams:
     name = PolicyName.PRIORITY.value
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
-        if len(state.running) >= state.num_streams:
+        if len(state.running) >= state.num_streams or not state.has_ready:
             return Plan()
         high = state.high_priority_streams
         all_high = state.only_high_priority_usable()
@@ -84,11 +101,11 @@ class PriorityStreams:
         def urgency(r: Request) -> tuple:
             # Realtime by least slack (earliest objective), then best-effort by arrival.
             if r.priority is Priority.REALTIME:
-                hard = float("inf") if r.deadline_s is None else r.deadline_s
-                return (0, min(r.slo_deadline_s, hard), r.id)
+                return (0, r.urgency_s, r.id)
             return (1, r.arrival_s, r.id)
 
-        return _fill(state, sorted(state.waiting(), key=urgency), pick)
+        heads = _heads(state, state.num_streams - len(state.running), True)
+        return _fill(state, sorted(heads, key=urgency), pick)
 
 
 def _interference(profile: Profile | None = None, **options) -> Policy:

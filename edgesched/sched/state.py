@@ -1,12 +1,18 @@
 """Request state owned by the engine thread and read by policies.
 
-Invariants: a request is either *waiting* (in its model's ready list, ordered by arrival) or
-*running* exactly one slice; never both. A stream runs at most one slice at a time, and one
-slice of a model runs at most `instances` launches at once.
+Invariants: a request is either *waiting* (in the ready queue of its (model, next slice,
+realtime or not)) or *running* exactly one slice; never both. A stream runs at most one slice at a
+time, and one slice of a model runs at most `instances` launches at once.
+
+Why queues per (model, next slice, priority): requests in one queue look the same to every
+policy but for their order, so a plan need look only at each queue's first few (no more than
+the slice's free instances or the free streams). A plan then costs per distinct ready slice,
+not per queued request.
 """
 from __future__ import annotations
 
 import bisect
+import heapq
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -35,6 +41,69 @@ class Request:
     def slo_deadline_s(self) -> float:
         return self.arrival_s + self.slo_s
 
+    @property
+    def urgency_s(self) -> float:
+        """The earlier of its objective and its client deadline (absolute seconds)."""
+        d = self.arrival_s + self.slo_s
+        return d if self.deadline_s is None or d < self.deadline_s else self.deadline_s
+
+
+# (model, next slice, realtime): a bool, not the Priority enum, because an Enum hashes in
+# Python code and these keys are hashed on every plan.
+QueueKey = tuple[str, int, bool]
+
+
+class ReadyQueue:
+    """The waiting requests of one (model, next slice, realtime), in the orders policies use.
+    Entries are (sort key, id, request): ids are unique, so requests are never compared."""
+
+    __slots__ = ("by_arrival", "by_urgency", "by_deadline")
+
+    def __init__(self) -> None:
+        self.by_arrival: list[tuple[float, int, Request]] = []
+        self.by_urgency: list[tuple[float, int, Request]] = []    # Request.urgency_s
+        self.by_deadline: list[tuple[float, int, Request]] = []   # client deadline only
+
+    def __len__(self) -> int:
+        return len(self.by_arrival)
+
+    def add(self, r: Request) -> None:
+        _insort(self.by_arrival, (r.arrival_s, r.id, r))
+        _insort(self.by_urgency, (r.urgency_s, r.id, r))
+        if r.deadline_s is not None:
+            _insort(self.by_deadline, (r.deadline_s, r.id, r))
+
+    def discard(self, r: Request) -> bool:
+        """Remove r if queued here; False if it was not."""
+        if not _remove(self.by_arrival, r.arrival_s, r):
+            return False
+        _remove(self.by_urgency, r.urgency_s, r)
+        if r.deadline_s is not None:
+            _remove(self.by_deadline, r.deadline_s, r)
+        return True
+
+    def oldest(self, n: int) -> list[Request]:
+        return [e[2] for e in self.by_arrival[:n]]
+
+    def most_urgent(self, n: int) -> list[Request]:
+        return [e[2] for e in self.by_urgency[:n]]
+
+
+def _insort(entries: list, entry: tuple) -> None:
+    # Arrivals come mostly in order: appending is the common case, and O(1).
+    if not entries or entries[-1] < entry:
+        entries.append(entry)
+    else:
+        bisect.insort(entries, entry)
+
+
+def _remove(entries: list, key: float, r: Request) -> bool:
+    i = bisect.bisect_left(entries, (key, r.id))
+    if i < len(entries) and entries[i][2] is r:
+        del entries[i]
+        return True
+    return False
+
 
 @dataclass
 class SchedState:
@@ -47,7 +116,8 @@ class SchedState:
     high_priority_streams: frozenset[int] = frozenset({0})
     requests: dict[int, Request] = field(default_factory=dict)
     running: dict[int, Launch] = field(default_factory=dict)        # request id -> launch
-    _ready: dict[str, list[Request]] = field(default_factory=dict)  # model -> by arrival
+    # Non-empty queues only, so that iterating them costs per distinct ready slice.
+    _queues: dict[QueueKey, ReadyQueue] = field(default_factory=dict)
     _busy_streams: set[int] = field(default_factory=set)
     # stream -> a launch that overran the launch timeout and has not ended: its request was
     # answered and forgotten, but the stream (and the slice instance) stay busy until the
@@ -61,7 +131,6 @@ class SchedState:
 
     def __post_init__(self) -> None:
         for name in self.models:
-            self._ready.setdefault(name, [])
             self._pending.setdefault(name, 0)
 
     # --- queries (policies use these) -----------------------------------------------------
@@ -76,12 +145,33 @@ class SchedState:
                    for s in range(self.num_streams))
 
     def waiting(self) -> Iterator[Request]:
-        """Every waiting request, model by model, each model's in arrival order."""
-        for queue in self._ready.values():
-            yield from queue
+        """Every waiting request, model by model, each model's in arrival order. Costs per
+        request: for failing or listing them, not for planning (see `ready`)."""
+        for model in self.models:
+            yield from self.waiting_for(model)
 
     def waiting_for(self, model: str) -> list[Request]:
-        return self._ready[model]
+        queues = [q.by_arrival for (m, _, _), q in self._queues.items() if m == model]
+        return [e[2] for e in heapq.merge(*queues)] if len(queues) != 1 \
+            else [e[2] for e in queues[0]]
+
+    def ready(self) -> Iterator[tuple[QueueKey, ReadyQueue]]:
+        """Each non-empty ready queue: ((model, next slice, realtime), its requests)."""
+        return iter(self._queues.items())
+
+    @property
+    def has_ready(self) -> bool:
+        """Some request is waiting (cheap: the engine asks on every step)."""
+        return bool(self._queues)
+
+    def launchable(self, model: str, index: int) -> int:
+        """More launches this slice may start now (its instances less those running)."""
+        return self.models[model].instances - self._slice_load.get((model, index), 0)
+
+    @property
+    def slice_loads(self) -> dict[tuple[str, int], int]:
+        """(model, slice) -> launches running now; read-only for policies (the fast path)."""
+        return self._slice_load
 
     def slice_load(self, model: str, index: int) -> int:
         """Launches of this slice running now (limited by the model's instances)."""
@@ -124,7 +214,8 @@ class SchedState:
             raise ValueError(f"stream {launch.stream} is busy")
         if launch.slice_index != request.next_slice or request.id in self.running:
             raise ValueError(f"request {request.id} cannot start slice {launch.slice_index}")
-        self._ready[request.model].remove(request)
+        if not self._dequeue(request):
+            raise ValueError(f"request {request.id} is not waiting")
         self.running[request.id] = launch
         self._busy_streams.add(launch.stream)
         key = (launch.model, launch.slice_index)
@@ -167,12 +258,22 @@ class SchedState:
         """Forget a request that is not running (answered, expired or failed)."""
         if request.id in self.running:
             raise ValueError(f"request {request.id} is still running")
-        queue = self._ready[request.model]
-        i = bisect.bisect_left(queue, request.order_key, key=lambda r: r.order_key)
-        if i < len(queue) and queue[i] is request:
-            del queue[i]
+        self._dequeue(request)
         del self.requests[request.id]
         self._pending[request.model] -= 1
 
     def _enqueue(self, request: Request) -> None:
-        bisect.insort(self._ready[request.model], request, key=lambda r: r.order_key)
+        key = (request.model, request.next_slice, request.priority is Priority.REALTIME)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ReadyQueue()
+        queue.add(request)
+
+    def _dequeue(self, request: Request) -> bool:
+        key = (request.model, request.next_slice, request.priority is Priority.REALTIME)
+        queue = self._queues.get(key)
+        if queue is None or not queue.discard(request):
+            return False
+        if not queue:
+            del self._queues[key]
+        return True

@@ -112,3 +112,38 @@ def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
+
+
+def region_refusal(info: os.stat_result, uid: int, gid: int | None) -> str | None:
+    """Why the server must not read a shared-memory region file (fstat of /dev/shm/NAME), or
+    None. The socket's rules, applied to the file: ZeroMQ tells the server nothing about an
+    ipc peer's uid, so the region's owner and mode stand in for it. Readable are regions of
+    the server's own user, and, with `server.socket_group`, regions of that group that the
+    group may read (a client of another user chgrps its region and sets g+r). A world-writable
+    region is refused: any local user could change a request's bytes while it runs."""
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    if info.st_mode & stat.S_IWOTH:
+        return f"is world-writable (mode {stat.S_IMODE(info.st_mode):o})"
+    if info.st_uid == uid:
+        return None
+    if gid is not None and info.st_gid == gid and info.st_mode & stat.S_IRGRP:
+        return None
+    rule = "its own user" + ("" if gid is None else f" or group-readable regions of gid {gid}")
+    return (f"belongs to uid {info.st_uid} gid {info.st_gid} (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); the server reads regions of {rule}")
+
+
+def listening(path: Path) -> bool:
+    """Does a process accept connections on this unix socket? (ECONNREFUSED: a stale file left
+    by a killed server.) Asks the kernel, not the protocol, so CURVE or a foreign program
+    listening there are seen too."""
+    import socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True         # not a socket we may use, or in use: do not take it over
+        return True

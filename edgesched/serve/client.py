@@ -31,6 +31,7 @@ from edgesched.errors import (
     ServerUnavailable,
     error_from_code,
 )
+from edgesched.serve import regions as shared
 from edgesched.serve import wire
 from edgesched.serve.access import apply_client_keys, load_client_keys
 from edgesched.types import Priority, Timings
@@ -93,6 +94,7 @@ class _Conn:
         self.poller.register(self.monitor, zmq.POLLIN)
         self.waiting: set[int] = set()
         self.stash: dict[int, object] = {}       # id -> Message, or the error to raise
+        self.registered: set[str] = set()        # regions this connection registered
 
     def fail_waiting(self, reason: str) -> None:
         for request_id in self.waiting:
@@ -107,6 +109,7 @@ class _Conn:
             reason = _lost_reason(self.monitor)
             if reason is not None:
                 self.fail_waiting(reason)
+                self.registered.clear()          # a restarted server knows no regions
 
     def read_replies(self) -> None:
         """Move every reply the socket holds now into the stash (never waits)."""
@@ -167,6 +170,7 @@ class Client:
         self._conns: list[_Conn] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._regions = shared.ClientRegions()
 
     def __enter__(self) -> "Client":
         return self
@@ -193,7 +197,48 @@ class Client:
     def submit(self, model: str, inputs: Mapping[str, np.ndarray],
                deadline_ms: float | None = None, priority: Priority | str | None = None) -> Pending:
         request = wire.infer_request(next(_ids), model, inputs, deadline_ms, priority)
-        return self._send(request.id, wire.encode_infer(request))
+        locate, used = self._regions.tracking()
+        frames = wire.encode_infer(request, locate)
+        for name in used - self._conn().registered:      # first use on this thread
+            self._region_call(wire.REGISTER, name)
+        return self._send(request.id, frames)
+
+    # --- shared-memory tensors (serve/shm.py: the ownership contract) -------------------------
+    def register(self, shm) -> shared.Region:
+        """Register a multiprocessing.shared_memory.SharedMemory with the server: arrays in it
+        are then sent by reference. Keep it open (and its bytes unchanged while a request
+        reading them is in flight) until unregister()."""
+        region = self._regions.add(shm)
+        try:
+            self._region_call(wire.REGISTER, region.name)
+        except BaseException:
+            self._regions.remove(region.name)
+            raise
+        return region
+
+    def unregister(self, shm) -> None:
+        """Stop sending by reference from `shm` (a SharedMemory, Region or name); the server
+        unmaps it once no request of this client's reads it (other threads' connections
+        release it when the Client closes)."""
+        name = getattr(shm, "name", shm).lstrip("/")
+        self._regions.remove(name)
+        if name in self._conn().registered:
+            self._region_call(wire.UNREGISTER, name)
+
+    def regions(self) -> list[dict]:
+        """The regions this thread's connection has registered: region, bytes, in_flight."""
+        return self._query(wire.REGION_STATUS).result()["regions"]
+
+    def shared_array(self, region: shared.Region, shape, dtype, offset: int = 0) -> np.ndarray:
+        return shared.shared_array(region, shape, dtype, offset)
+
+    def _region_call(self, kind: bytes, name: str) -> dict:
+        request_id = next(_ids)
+        reply = self._send(request_id, wire.encode(kind, {"id": request_id, "region": name}))
+        result = reply.result()
+        (self._conn().registered.add if kind == wire.REGISTER
+         else self._conn().registered.discard)(name)
+        return result
 
     def models(self) -> list[dict]:
         return self._query(wire.MODELS).result()["models"]
@@ -277,6 +322,7 @@ class AsyncClient:
         self._waiting: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
         self._watcher: asyncio.Task | None = None
+        self._regions, self._registered = shared.ClientRegions(), set()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -306,9 +352,41 @@ class AsyncClient:
                     *, timings: bool = False):
         """The outputs by name; with timings=True, (outputs, Timings) (the server's view)."""
         request = wire.infer_request(next(_ids), model, inputs, deadline_ms, priority)
-        msg = await self._exchange(request.id, wire.encode_infer(request))
+        locate, used = self._regions.tracking()
+        frames = wire.encode_infer(request, locate)
+        for name in used - self._registered:      # again after a reconnect
+            await self._region_call(wire.REGISTER, name)
+        msg = await self._exchange(request.id, frames)
         outputs = _result(msg)
         return (outputs, msg.timings) if timings else outputs
+
+    async def register(self, shm) -> shared.Region:
+        """As Client.register: arrays in `shm` are then sent by reference."""
+        region = self._regions.add(shm)
+        try:
+            await self._region_call(wire.REGISTER, region.name)
+        except BaseException:
+            self._regions.remove(region.name)
+            raise
+        return region
+
+    async def unregister(self, shm) -> None:
+        name = getattr(shm, "name", shm).lstrip("/")
+        self._regions.remove(name)
+        if name in self._registered:
+            await self._region_call(wire.UNREGISTER, name)
+
+    async def regions(self) -> list[dict]:
+        return (await self._query(wire.REGION_STATUS))["regions"]
+
+    def shared_array(self, region: shared.Region, shape, dtype, offset: int = 0) -> np.ndarray:
+        return shared.shared_array(region, shape, dtype, offset)
+
+    async def _region_call(self, kind: bytes, name: str) -> None:
+        request_id = next(_ids)
+        _result(await self._exchange(request_id, wire.encode(
+            kind, {"id": request_id, "region": name})))
+        (self._registered.add if kind == wire.REGISTER else self._registered.discard)(name)
 
     async def models(self) -> list[dict]:
         return (await self._query(wire.MODELS))["models"]
@@ -361,3 +439,4 @@ class AsyncClient:
                 while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     await asyncio.sleep(0)
                 self._fail_waiting(_LOST[event])
+                self._registered.clear()          # a restarted server knows no regions

@@ -3,7 +3,8 @@
 IO thread: receives, checks and decodes requests, answers bad ones at once, submits good ones
 to the engine, and forwards the engine's replies to the ROUTER. The engine thread hands its
 replies to the IO thread over an inproc PUSH/PULL pair (zero-copy), because a ZeroMQ socket
-must only be used by one thread.
+must only be used by one thread. Intake is bounded in bytes (serve/intake.py); inputs may be
+read in place from clients' shared-memory regions (serve/shm.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import os
 import stat
 import threading
 import time
-from pathlib import Path
 
 import zmq
 
@@ -26,6 +26,7 @@ from edgesched.errors import (
     EdgeschedError,
     InvalidInput,
     MessageTooLarge,
+    Overloaded,
     RequestError,
     ServerError,
     ShuttingDown,
@@ -34,7 +35,7 @@ from edgesched.errors import (
 from edgesched.profiles import choose_profile, device_name
 from edgesched.sched import make_policy
 from edgesched.sched.health import Health
-from edgesched.serve import access, observe, wire
+from edgesched.serve import access, intake, observe, shm, wire
 from edgesched.serve.systemd import Notifier
 from edgesched.version import __version__
 
@@ -87,6 +88,8 @@ class Server:
                              drift=drift, drift_cause=cause)
         self.stats = self.engine.stats
         self._max_bytes = config.limits.max_message_bytes
+        self.intake = intake.IntakeBudget(config.limits.intake_bytes)
+        self.regions = shm.Regions(self._gid)
         self._ctx = zmq.Context()
         self._replies = f"inproc://edgesched-replies-{id(self):x}"
         self._tls = threading.local()
@@ -108,6 +111,7 @@ class Server:
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Server":
         try:
+            intake.return_large_buffers()        # RSS follows the byte budget (serve/intake.py)
             self._prepare_ipc()
             self._threads[0].start()
             self._ready.wait()
@@ -168,6 +172,7 @@ class Server:
             sock.close(linger=0)
         self._close_watchers()
         self.backend.close()
+        self.regions.close()
         self._ctx.term()
         self._close_notifier()
 
@@ -200,7 +205,7 @@ class Server:
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise EdgeschedError(f"{path} exists and is not a socket: refusing to replace it")
-            if _listening(path):
+            if access.listening(path):
                 raise EdgeschedError(f"another server is already serving on {self.endpoint}")
             path.unlink()  # stale file from a killed server
 
@@ -229,7 +234,9 @@ class Server:
 
     def _send_result(self, result: Result) -> None:
         """Called on the engine thread (or the stopping thread): encode and hand to IO."""
-        envelope, request_id = result.reply_to
+        envelope, request_id, held_bytes, regions = result.reply_to
+        self.intake.give(held_bytes)             # its frames are dropped with this result
+        self.regions.release(regions)            # and its claim on shared memory ends
         if result.error is not None:
             frames = wire.encode_error(request_id, result.error)
         else:
@@ -254,7 +261,10 @@ class Server:
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unknown peer: an error, not silence
             # Hard cap per frame: larger frames are dropped by libzmq before we see them; below
             # it, oversize messages get a typed MessageTooLarge reply.
-            router.setsockopt(zmq.MAXMSGSIZE, 2 * self._max_bytes + wire.MAX_HEADER_BYTES)
+            router.setsockopt(zmq.MAXMSGSIZE, intake.frame_cap_bytes(self._max_bytes,
+                                                                    wire.MAX_HEADER_BYTES))
+            router.setsockopt(zmq.RCVHWM, intake.receive_hwm(self.intake.limit_bytes,
+                                                             self._max_bytes))
             if self._keys is not None:
                 self._auth = self._keys.start(self._ctx, router)
             router.bind(self.endpoint)
@@ -273,8 +283,9 @@ class Server:
             return
         self._ready.set()
         poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(pull, zmq.POLLIN)
+        sweep = shm.Sweeper(self.regions, router)     # regions of peers that are gone
+        for sock in (router, pull, sweep.monitor):
+            poller.register(sock, zmq.POLLIN)
         try:
             while not self._io_done:
                 events = dict(poller.poll(50))
@@ -282,8 +293,10 @@ class Server:
                     self._drain(router, self._handle, router)
                 if pull in events:
                     self._drain(pull, self._forward, router)
+                sweep(events, time.monotonic())
             self._drain(pull, self._forward, router, limit=None)   # engine replies still queued
         finally:
+            sweep.close()
             # Replies still being written out (large tensors) get up to the drain timeout;
             # replies to clients that are gone are dropped by libzmq, not waited for.
             router.close(linger=int(self.config.server.drain_timeout_s * 1000))
@@ -336,8 +349,8 @@ class Server:
                 raise self._refused(e) from None
             request_id = msg.id
             if isinstance(msg, wire.InferRequest):
-                return self._infer(envelope, msg)
-            reply = self._answer_query(msg)
+                return self._infer(envelope, msg, size)
+            reply = self._answer_query(msg, tuple(envelope))
         except RequestError as e:
             reply = wire.encode_error(getattr(e, "request_id", request_id), e)
         except Exception:
@@ -346,14 +359,16 @@ class Server:
                                                               "request"))
         self._forward(envelope + reply, router)
 
-    def _answer_query(self, msg: wire.Message) -> list:
+    def _answer_query(self, msg: wire.Message, peer: tuple) -> list:
         header = {"id": msg.id}
-        if msg.kind == wire.MODELS:
+        if msg.kind in wire.REGION_TYPES:
+            header.update(shm.answer(self.regions, msg.kind, msg.header, peer))
+        elif msg.kind == wire.MODELS:
             health = self.engine.health.snapshot()
             header["models"] = [{**m.to_wire(), "healthy": health[m.name]["healthy"]}
                                 for m in self.models.values()]
         elif msg.kind == wire.STATS:
-            header.update(observe.snapshot(self))
+            header.update(observe.snapshot(self), intake=self.intake.snapshot())
         elif msg.kind == wire.PING:
             header.update(version=__version__, pid=os.getpid())
         return [msg.kind, wire.pack_header(header)]
@@ -377,13 +392,29 @@ class Server:
         self.stats.count_bad_request(unknown_model=True)
         return UnknownModel(f"unknown model {model!r}; served: {', '.join(self.models)}")
 
-    def _infer(self, envelope: list[bytes], request: wire.InferRequest) -> None:
+    def _infer(self, envelope: list[bytes], request: wire.InferRequest, size: int) -> None:
+        if request.model not in self.models:
+            raise self._unknown_model(request.model)
+        # Region inputs become views of their shared memory, claimed until the reply is sent.
+        try:
+            inputs, used = self.regions.resolve(tuple(envelope), request.inputs)
+        except InvalidInput:
+            self.stats.count(request.model, "invalid")
+            raise
+        try:
+            self._admit(envelope, request, size, inputs, used)
+        except BaseException:
+            self.regions.release(used)
+            raise
+
+    def _admit(self, envelope: list[bytes], request: wire.InferRequest, size: int,
+               inputs: dict, used: list) -> None:
         now = time.monotonic()
         model, deadline_ms = request.model, request.deadline_ms
         info = self.models.get(model)
         if info is None:
             raise self._unknown_model(model)
-        problem = info.check_inputs(request.inputs)
+        problem = info.check_inputs(inputs)
         if problem is not None:
             self.stats.count(model, "invalid")
             raise InvalidInput(problem)
@@ -395,8 +426,11 @@ class Server:
             if not self._accepting:
                 self.stats.count(model, "rejected")
                 raise ShuttingDown("the server is shutting down and accepts no new requests")
-            self.engine.submit(Submission(model, request.inputs, now, deadline_s,
-                                          request.priority, reply_to=(envelope, request.id)))
+            if not self.intake.take(size):
+                self.stats.count(model, "rejected")
+                raise Overloaded(f"model {model!r}: {self.intake.describe(size)}")
+            self.engine.submit(Submission(model, inputs, now, deadline_s, request.priority,
+                                          reply_to=(envelope, request.id, size, used)))
 
 
 def _peek_id(body: list) -> int | None:
@@ -404,21 +438,6 @@ def _peek_id(body: list) -> int | None:
         return wire.decode_header(body[1].buffer)["id"] if len(body) > 1 else None
     except InvalidInput:
         return None
-
-
-def _listening(path: Path) -> bool:
-    """Does a process accept connections on this unix socket? (ECONNREFUSED: a stale file left
-    by a killed server.) Asks the kernel, not the protocol, so CURVE or a foreign program
-    listening there are seen too."""
-    import socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-        except OSError:
-            return True         # not a socket we may use, or in use: do not take it over
-        return True
 
 
 __all__ = ["Server"]

@@ -1,11 +1,17 @@
 """Wire format: frame 0 = message type, frame 1 = msgpack header, then one raw frame per tensor.
 
-Request  [TYPE, {"v", "id", ...}, *tensors]      TYPE in INFER | MODELS | STATS | PING
+Request  [TYPE, {"v", "id", ...}, *tensors]      TYPE in INFER | MODELS | STATS | PING |
+                                                 REGISTER | UNREGISTER | REGION_STATUS
 Reply    [TYPE, {"v", "id", ...}, *tensors]      same TYPE on success
 Error    [ERROR, {"v", "id", "code", "message"}]
 INFER request header: {"model", "deadline_ms"?, "priority"?, "inputs": [{"name","dtype","shape"}]}
 INFER reply header:   {"outputs": [{"name","dtype","shape"}], "timings": {queue_ms, device_ms, total_ms}}
-Tensors are C-contiguous raw bytes, decoded without a copy (np.frombuffer). No pickle, ever.
+Tensors are C-contiguous raw little-endian bytes, decoded without a copy (np.frombuffer). A
+"dtype" carries its byte order ("<f4", "|u1"; a bare "float32" is read as little-endian); a
+big-endian array is converted by the sender (one copy), ">f4" is refused. No pickle, ever.
+Shared memory (serve/shm.py): REGISTER / UNREGISTER {"region": NAME} -> {"region", "bytes"};
+REGION_STATUS -> {"regions": [{"region", "bytes", "in_flight"}]}. An input spec with
+"region": NAME and "offset": BYTES names bytes in a registered region and has no frame.
 This module knows nothing of sockets: frames are bytes-like objects (bytes, memoryview).
 An INFER request's fields are written (encode_infer) and read (decode_request) only here, and
 checked by one function for both sides (_fields); what needs the model is the server's.
@@ -25,14 +31,15 @@ from edgesched.types import Priority, Timings
 
 PROTOCOL_VERSION = 1
 INFER, MODELS, STATS, PING, ERROR = b"INFER", b"MODELS", b"STATS", b"PING", b"ERROR"
-REQUEST_TYPES = (INFER, MODELS, STATS, PING)
+REGISTER, UNREGISTER, REGION_STATUS = b"REGISTER", b"UNREGISTER", b"REGION_STATUS"
+REGION_TYPES = (REGISTER, UNREGISTER, REGION_STATUS)
+REQUEST_TYPES = (INFER, MODELS, STATS, PING) + REGION_TYPES
 REPLY_TYPES = REQUEST_TYPES + (ERROR,)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
 WIRE_DTYPES = dtypes.NAMES
-# numpy computes dtype.name in Python (~5 us a call): look names and item sizes up instead.
-_NAME_OF = {t.np_dtype: t.name for t in dtypes.TYPES}
-_ITEMSIZE = {t.name: t.itemsize for t in dtypes.TYPES}
+# numpy computes dtype.name in Python (~5 us a call): look wire spellings up instead.
+_WIRE_OF = {t.np_dtype: t.wire for t in dtypes.TYPES}
 _TIMINGS = ("queue_ms", "device_ms", "total_ms")     # Timings' fields in order (a test checks)
 _NUMBERS = (int, float)          # exact types: msgpack gives no subclasses, and bool is none
 
@@ -62,27 +69,54 @@ class InferRequest:
     priority: Priority | None = None     # None: the model's own class
 
 
+@dataclass(frozen=True)
+class RegionRef:
+    """An input named by reference: `shape` of `dtype` at `offset` bytes in `region` (a
+    registered shared-memory region; the server resolves it, serve/shm.py)."""
+
+    region: str
+    offset: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
 def pack_header(header: dict) -> bytes:
     return msgpack.packb({"v": PROTOCOL_VERSION, **header}, use_bin_type=True)
 
 
-def tensor_frames(arrays: Sequence[tuple[str, np.ndarray]]) -> tuple[list[dict], list[np.ndarray]]:
-    """Specs and contiguous arrays ready to send as frames (copy only if not contiguous)."""
+def tensor_frames(arrays: Sequence[tuple[str, np.ndarray]],
+                  locate: Callable[[np.ndarray], tuple[str, int] | None] | None = None
+                  ) -> tuple[list[dict], list[np.ndarray]]:
+    """Specs and contiguous arrays ready to send as frames (copy only if not contiguous).
+    locate(array): (region, offset) where the array lives in a registered shared-memory region
+    (sent by reference, no frame), or None."""
     specs, frames = [], []
     for name, array in arrays:
+        where = None if locate is None else locate(array)
+        if where is not None:
+            specs.append({"name": name, "dtype": _WIRE_OF[array.dtype], "shape":
+                          list(array.shape), "region": where[0], "offset": where[1]})
+            continue
         array = np.asarray(array, order="C")      # ascontiguousarray would make 0-d arrays 1-d
-        specs.append({"name": name, "dtype": _NAME_OF.get(array.dtype) or array.dtype.name,
-                      "shape": list(array.shape)})
+        spelling = _WIRE_OF.get(array.dtype)
+        if spelling is None:                      # big-endian, or not served (server names it)
+            array = dtypes.to_little_endian(array)
+            spelling = _WIRE_OF.get(array.dtype) or array.dtype.name
+        specs.append({"name": name, "dtype": spelling, "shape": list(array.shape)})
         frames.append(array)
     return specs, frames
 
 
 def encode(kind: bytes, header: dict, tensors: Mapping[str, np.ndarray] | None = None,
-           tensor_key: str = "inputs") -> list:
+           tensor_key: str = "inputs", locate=None) -> list:
     """Frames for one message; tensor frames are the arrays themselves (zero-copy send)."""
     if not tensors:
         return [kind, pack_header(header)]
-    specs, frames = tensor_frames(list(tensors.items()))
+    specs, frames = tensor_frames(list(tensors.items()), locate)
     return [kind, pack_header({**header, tensor_key: specs}), *frames]
 
 
@@ -110,13 +144,13 @@ def infer_request(request_id: int, model: str, inputs: Mapping[str, np.ndarray],
                         deadline_ms, priority)
 
 
-def encode_infer(request: InferRequest) -> list:
+def encode_infer(request: InferRequest, locate=None) -> list:
     header = {"id": request.id, "model": request.model}
     if request.deadline_ms is not None:
         header["deadline_ms"] = request.deadline_ms
     if request.priority is not None:
         header["priority"] = request.priority.value
-    return encode(INFER, header, request.inputs)
+    return encode(INFER, header, request.inputs, locate=locate)
 
 
 def encode_result(request_id: int, outputs: Mapping[str, np.ndarray], timings: Timings) -> list:
@@ -216,11 +250,14 @@ def _tensors(header: dict, frames: Sequence, tensor_key: str) -> dict[str, np.nd
     if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
         raise InvalidInput(f"header field {tensor_key!r} must be a list of at most "
                            f"{MAX_TENSORS} tensor specs")
-    if len(frames) - 2 != len(specs):
-        raise InvalidInput(f"header lists {len(specs)} tensors but {len(frames) - 2} tensor "
-                           "frames follow")
-    tensors = dict(_tensor(spec, frame, i) for i, (spec, frame) in
-                   enumerate(zip(specs, frames[2:])))
+    by_frame = [i for i, spec in enumerate(specs)
+                if not (isinstance(spec, dict) and "region" in spec)]
+    if len(frames) - 2 != len(by_frame):
+        raise InvalidInput(f"header lists {len(by_frame)} tensors but {len(frames) - 2} tensor "
+                           "frames follow" + ("" if len(by_frame) == len(specs) else
+                                              " (region inputs have no frame)"))
+    frame_of = dict(zip(by_frame, frames[2:]))
+    tensors = dict(_tensor(spec, frame_of.get(i), i) for i, spec in enumerate(specs))
     if len(tensors) != len(specs):
         raise InvalidInput("tensor names repeat: " + ", ".join(s["name"] for s in specs))
     return tensors
@@ -251,15 +288,27 @@ def _tensor(spec: object, frame, i: int) -> tuple[str, np.ndarray]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise InvalidInput(f"tensor spec {i} must be a map with a string 'name'")
     name, dtype, shape = spec["name"], spec.get("dtype"), spec.get("shape")
-    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
-        raise InvalidInput(f"tensor {name!r}: dtype {dtype!r} is not one of "
-                           f"{', '.join(sorted(WIRE_DTYPES))}")
+    try:
+        element = dtypes.from_wire(dtype)
+    except dtypes.UnsupportedDtype as e:
+        raise InvalidInput(f"tensor {name!r}: {e}") from None
     if not isinstance(shape, list) or len(shape) > 8 or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in shape):
         raise InvalidInput(f"tensor {name!r}: shape must be a list of at most 8 sizes >= 0")
-    expected = math.prod(shape) * _ITEMSIZE[dtype]
+    expected = math.prod(shape) * element.itemsize
+    if frame is None:
+        return name, _region_ref(name, spec, element, shape)
     buffer = memoryview(frame)
     if buffer.nbytes != expected:
         raise InvalidInput(f"tensor {name!r}: {buffer.nbytes} bytes do not match dtype {dtype} "
                            f"and shape {shape} ({expected} bytes)")
-    return name, np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return name, np.frombuffer(buffer, dtype=element.np_dtype).reshape(shape)
+
+
+def _region_ref(name: str, spec: dict, element, shape: list):
+    region, offset = spec.get("region"), spec.get("offset")
+    if not isinstance(region, str) or not (isinstance(offset, int) and not isinstance(
+            offset, bool) and 0 <= offset < 2**63):
+        raise InvalidInput(f"tensor {name!r}: a region input needs a string 'region' and an "
+                           "integer 'offset' >= 0")
+    return RegionRef(region, offset, element.np_dtype, tuple(shape))

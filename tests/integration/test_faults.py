@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from edgesched import Client, ModelUnavailable, ServerError
+from edgesched import Client, InvalidInput, ModelUnavailable, ServerError
 from edgesched.backends import create_backend
 from edgesched.serve.server import Server
 from tests import models as test_models
@@ -63,16 +63,22 @@ def test_a_model_that_keeps_failing_is_marked_unhealthy_and_recovers(short_dir, 
                                                                      ort_run, model_files):
     models = [{"name": "fragile", "path": str(fragile), "slo_ms": 100},
               {"name": "skip", "path": str(model_files.skip_full), "slo_ms": 100}]
-    with faulty_server(short_dir, models, unhealthy_after=3) as (server, client):
+    broken = {"on": False}
+
+    def fault(launch):                      # a device fault: counts whatever the shapes
+        return "raise" if launch.model == "fragile" and broken["on"] else None
+    with faulty_server(short_dir, models, fault, unhealthy_after=3) as (server, client):
         np.testing.assert_array_equal(client.infer("fragile", {"x": GOOD})["y"],
                                       GOOD.reshape(2, 2))
-        for _ in range(3):                  # real ONNX Runtime errors: Reshape of 3 into 2x2
+        broken["on"] = True
+        for _ in range(3):
             with pytest.raises(ServerError, match="fragile.*slice 0 failed"):
-                client.infer("fragile", {"x": BAD})
+                client.infer("fragile", {"x": GOOD})
+        broken["on"] = False
         assert health(client, "fragile") == (False, False)
         assert health(client, "skip") == (True, True)
         snap = client.stats()["models"]["fragile"]["health"]
-        assert snap["consecutive_failures"] == 3 and "Reshape" in snap["last_error"]
+        assert snap["consecutive_failures"] == 3 and "injected fault" in snap["last_error"]
         # The other model is served, with the right numbers, while this one is unhealthy.
         feed = test_models.skip_input(1)
         np.testing.assert_allclose(client.infer("skip", feed)["logits"],
@@ -93,6 +99,25 @@ def test_a_model_that_keeps_failing_is_marked_unhealthy_and_recovers(short_dir, 
         assert health(client, "fragile") == (True, True)
         counts = client.stats()["models"]["fragile"]
         assert counts["completed"] == 2 and counts["failed"] == 3 + refused
+
+
+def test_a_client_whose_inputs_the_model_rejects_never_takes_it_offline(short_dir, fragile):
+    """Real ONNX Runtime errors (Reshape of 3 into 2x2) on shapes the model never ran: each is
+    answered InvalidInput to that client, from the very first request on, and 50 of them leave
+    the model serving everyone else."""
+    models = [{"name": "fragile", "path": str(fragile), "slo_ms": 100}]
+    with faulty_server(short_dir, models, unhealthy_after=3) as (server, bad_client):
+        with Client(server.endpoint, timeout_s=CLIENT_TIMEOUT_S) as good_client:
+            for i in range(50):
+                with pytest.raises(InvalidInput, match="fragile.*never run.*Reshape"):
+                    bad_client.infer("fragile", {"x": BAD})
+                if i % 10 == 0:
+                    np.testing.assert_array_equal(
+                        good_client.infer("fragile", {"x": GOOD})["y"], GOOD.reshape(2, 2))
+            assert health(good_client, "fragile") == (True, True)
+            stats = good_client.stats()["models"]["fragile"]
+            assert stats["health"]["rejections"] == 50 and stats["invalid"] == 50
+            assert stats["health"]["consecutive_failures"] == 0 and stats["completed"] == 5
 
 
 def test_a_hung_slice_fails_its_request_at_the_launch_timeout_and_others_keep_serving(

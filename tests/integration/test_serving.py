@@ -370,3 +370,11 @@ def test_async_client_without_a_server_raises_server_unavailable(short_dir):
 
     with pytest.raises(ServerUnavailable):
         asyncio.run(ping())
+
+
+def test_big_endian_inputs_get_the_same_outputs_as_little_endian(client, ort_run):
+    inputs = example_input("convnet", seed=1)
+    big = {name: array.astype(array.dtype.newbyteorder(">")) for name, array in inputs.items()}
+    expected = ort_run(EXAMPLES / "convnet.onnx", inputs)
+    for name, array in client.infer("convnet", big).items():
+        _close(array, expected[name])

@@ -77,7 +77,7 @@ def snapshot(state: SchedState) -> tuple:
     return (
         {rid: dataclasses.asdict(r) for rid, r in state.requests.items()},
         dict(state.running),
-        {m: [r.id for r in q] for m, q in state._ready.items()},
+        {k: [e[1] for e in q.by_arrival] for k, q in state._queues.items()},
         set(state._busy_streams), dict(state._slice_load), dict(state._pending),
         copy.deepcopy(state.arrivals), state.num_streams, state.high_priority_streams,
     )

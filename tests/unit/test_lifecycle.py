@@ -139,3 +139,64 @@ def test_inputs_the_backend_refuses_are_invalid_and_leave_the_model_healthy():
     (answer,) = life.refused(request, InvalidInput("shape outside the profile")).answers
     assert answer.outcome is Outcome.INVALID and answer.buffers is Buffers.RELEASE
     assert len(life.state) == 0 and life.health.snapshot()["m"]["healthy"]
+
+
+# --- the breaker judges the model, not the client ---------------------------------------------
+
+class Shaped:
+    def __init__(self, *shape: int):
+        self.shape = shape
+
+
+def admit_shaped(life: Lifecycle, *shape: int):
+    (request, _), = life.intake([Submission("m", {"x": Shaped(*shape)}, 0.0)], 0.0).staged
+    return request
+
+
+def run_once(life: Lifecycle, request, error: str | None = None, rejected: bool = False):
+    one = launch(life, request, 0, 0, 0.0)
+    (answer, *rest) = life.update([Completion(one, 0.0, 0.1, error, rejected=rejected)],
+                                  0.1).answers
+    return answer
+
+
+def test_a_runtime_rejection_on_never_run_shapes_is_invalid_input_and_not_counted():
+    life = lifecycle(streams=1, health=Health(["m"], unhealthy_after=3, retry_s=5.0))
+    assert run_once(life, admit_shaped(life, 2, 2)).outcome is Outcome.COMPLETED
+    for _ in range(50):                                      # one client's bad shapes
+        answer = run_once(life, admit_shaped(life, 3), "RuntimeException: Reshape",
+                          rejected=True)
+        assert answer.outcome is Outcome.INVALID and type(answer.error) is InvalidInput
+        assert "never run" in str(answer.error) and "\n" not in str(answer.error)
+    snap = life.health.snapshot()["m"]
+    assert snap["healthy"] and snap["consecutive_failures"] == 0 and snap["rejections"] == 50
+    assert run_once(life, admit_shaped(life, 2, 2)).outcome is Outcome.COMPLETED
+    assert not life._shapes                                  # nothing left per request
+
+
+def test_a_rejection_on_shapes_that_worked_before_counts_toward_unhealthy():
+    life = lifecycle(streams=1, health=Health(["m"], unhealthy_after=2, retry_s=5.0))
+    run_once(life, admit_shaped(life, 2, 2))
+    for _ in range(2):
+        answer = run_once(life, admit_shaped(life, 2, 2), "RuntimeException: x", rejected=True)
+        assert answer.outcome is Outcome.FAILED and isinstance(answer.error, ServerError)
+    assert not life.health.snapshot()["m"]["healthy"]
+
+
+def test_device_faults_count_whatever_the_shapes():
+    life = lifecycle(streams=1, health=Health(["m"], unhealthy_after=2, retry_s=5.0))
+    for _ in range(2):
+        answer = run_once(life, admit_shaped(life, 7), "CUDA error: illegal address")
+        assert answer.outcome is Outcome.FAILED
+    assert not life.health.snapshot()["m"]["healthy"]
+
+
+def test_proven_signatures_are_bounded_oldest_forgotten_first():
+    from edgesched.sched import health as health_module
+    h = Health(["m"], unhealthy_after=3, retry_s=5.0)
+    for n in range(health_module.MAX_PROVEN + 5):
+        h.worked("m", (("x", (n,)),))
+    assert h.blames_inputs("m", (("x", (0,)),))               # forgotten
+    assert not h.blames_inputs("m", (("x", (health_module.MAX_PROVEN + 4,)),))
+    assert health_module.signature({"b": Shaped(1), "a": Shaped(2, 3)}) == \
+        (("a", (2, 3)), ("b", (1,)))

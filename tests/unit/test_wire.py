@@ -307,7 +307,7 @@ def test_tensor_spec_not_a_map_with_a_name(spec):
     assert e.request_id == ID
 
 
-@pytest.mark.parametrize("dtype", ["object", "O", "<f4", "float", "complex64", "float128",
+@pytest.mark.parametrize("dtype", ["object", "O", ">f4", ">i8", "=f4", "float", "complex64", "float128",
                                    "str", "U8", "V4", "datetime64", "", None, 4],
                          ids=repr)
 def test_unknown_or_unsafe_dtype(dtype):

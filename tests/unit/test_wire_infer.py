@@ -100,8 +100,8 @@ def test_infer_request_round_trip(over_the_wire):
     frames = encode_infer(sent)
     assert header_of(frames) == {"v": PROTOCOL_VERSION, "id": 41, "model": "det",
                                  "deadline_ms": 33.5, "priority": "best_effort",
-                                 "inputs": [{"name": "x", "dtype": "float32", "shape": [2, 3]},
-                                            {"name": "flag", "dtype": "bool", "shape": []}]}
+                                 "inputs": [{"name": "x", "dtype": "<f4", "shape": [2, 3]},
+                                            {"name": "flag", "dtype": "|b1", "shape": []}]}
     got = decode_request(transmit(frames) if over_the_wire else frames)
     assert isinstance(got, InferRequest)
     assert (got.id, got.model, got.deadline_ms, got.priority) == (41, "det", 33.5,

@@ -7,6 +7,7 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from edgesched import dtypes
 from edgesched.errors import InvalidInput
 from edgesched.serve.wire import (
     ERROR,
@@ -65,7 +66,7 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
     max_leaves=4)
 DTYPES = st.one_of(st.sampled_from(sorted(WIRE_DTYPES)), st.sampled_from(sorted(WIRE_DTYPES)),
-                   st.sampled_from(["object", "float128", "<f4", ""]), VALUES)
+                   st.sampled_from(["object", "float128", "<f4", "|u1", ">f4", ""]), VALUES)
 SHAPES = st.one_of(st.lists(st.integers(-1, 4), max_size=4),
                    st.lists(st.integers(0, 3), max_size=3), VALUES)
 
@@ -73,7 +74,7 @@ SHAPES = st.one_of(st.lists(st.integers(-1, 4), max_size=4),
 def frame_size(spec: object) -> int:
     """The byte length a spec asks for, when it is small and well formed; else 0."""
     if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str) \
-            or spec["dtype"] not in WIRE_DTYPES or not isinstance(spec.get("shape"), list) \
+            or spec["dtype"] not in dtypes.WIRE_NAMES or not isinstance(spec.get("shape"), list) \
             or not all(type(d) is int and 0 <= d <= 64 for d in spec["shape"]):
         return 0
     return int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
