@@ -15,6 +15,7 @@ alone, measured over the profile's time (sched/drift.py), whose sustained change
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -70,10 +71,25 @@ class Engine:
         self._on_result = on_result
         self._clock = clock
         self._inbox: collections.deque[Submission] = collections.deque()  # thread-safe appends
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self.retiring: set[str] = set()     # models removed by a reload, unloaded once drained
+        # A reload loads a changed model's new version under another backend key (name@N)
+        # beside the old one: model name -> its current key where not the name itself. Each
+        # staged request keeps the key it was staged on until its buffers are freed, and a key
+        # replaced or retired is unloaded once no request holds it.
+        self._current: dict[str, str] = {}
+        self._keys: dict[int, str] = {}                   # request id -> backend key
+        self._renamed: dict[tuple[int, int], Launch] = {}  # (request, slice) -> engine's launch
+        self._retiring_keys: set[str] = set()
 
     # --- any thread -------------------------------------------------------------------------
     def submit(self, submission: Submission) -> None:
         self._inbox.append(submission)
+        self.doorbell.ring()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run fn on the engine thread before the next step's intake (a reload's changes)."""
+        self._calls.append(fn)
         self.doorbell.ring()
 
     def wake(self) -> None:
@@ -96,11 +112,17 @@ class Engine:
 
     # --- the engine thread ------------------------------------------------------------------
     def step(self, max_wait_s: float = 0.1) -> None:
+        while self._calls:
+            self._calls.popleft()()
+        if self.retiring or self._retiring_keys:
+            self._unload_drained()
         now = self._clock()
         self._carry_out(self.life.intake(self._take_inbox(), now))
         plan = self.policy.plan(self.state, now)
         self._carry_out(self.life.launched(plan, now))
         completions = self.backend.poll(self._wait_s(now, max_wait_s))
+        if self._renamed:
+            completions = [self._restore(c) for c in completions]
         now = self._clock()
         self._measure(completions, now)
         self._carry_out(self.life.update(completions, now))
@@ -111,7 +133,62 @@ class Engine:
         self._carry_out(self.life.abort_all(self._take_inbox(), error, self._clock()))
 
     def _wait_s(self, now: float, max_wait_s: float) -> float:
-        return 0.0 if self._inbox else self.life.wait_s(now, max_wait_s)
+        return 0.0 if self._inbox or self._calls else self.life.wait_s(now, max_wait_s)
+
+    # --- model set changes (engine thread; serve/reload.py queues them with call_soon) -----
+    def set_models(self, models: Mapping[str, ModelInfo], fresh: tuple[str, ...] = ()) -> None:
+        """Serve `models` from now on (statistics of `fresh` ones start at zero). A model
+        left out must be drained: see `retire`."""
+        self.models = dict(models)
+        self.stats.set_models({m.name: m.slo_ms for m in self.models.values()}, fresh)
+        self.life.set_models(self.models)
+
+    def switch(self, versions: Mapping[str, tuple[ModelInfo, str]],
+               publish: Callable[[], None]) -> None:
+        """name -> (its new ModelInfo, the backend key it is loaded under): from now on new
+        requests run there; a replaced key is unloaded once its requests are answered. The
+        submitter holds its intake closed around this call: what it checked against the old
+        models (queued now) is admitted first, on the old versions; then `publish` shows the
+        new ones to the submitter."""
+        self._carry_out(self.life.intake(self._take_inbox(), self._clock()))
+        models = dict(self.models)
+        for name, (info, key) in versions.items():
+            old = self._current.get(name, name)
+            if old != key:
+                self._retiring_keys.add(old)
+                models.pop(key, None)        # the new version's warm-up entry (serve/reload.py)
+            models[name] = info
+            if key == name:
+                self._current.pop(name, None)
+            else:
+                self._current[name] = key
+        self.set_models(models)
+        publish()
+
+    def retire(self, model: str) -> None:
+        """Unload `model` once nothing of it is queued, running or stuck on a stream (the
+        submitter has stopped sending it new requests)."""
+        self.retiring.add(model)
+
+    def _unload_drained(self) -> None:
+        queued = {s.model for s in list(self._inbox)}      # a C-level copy under the GIL
+        stuck = {launch.model for launch in self.state.stuck.values()}
+        for model in [m for m in self.retiring if m not in queued and m not in stuck
+                      and self.state.pending(m) == 0]:
+            self.retiring.discard(model)
+            self.set_models({n: i for n, i in self.models.items() if n != model})
+            self._retiring_keys.add(self._current.pop(model, model))
+            log.info("model %r drained", model)
+        if self._retiring_keys:
+            held = set(self._keys.values()) | {self._current.get(m, m) for m in self.models}
+            for key in [k for k in self._retiring_keys if k not in held]:
+                self._retiring_keys.discard(key)
+                self.backend.unload(key)
+                log.info("unloaded %r", key)
+
+    def _restore(self, c: Completion) -> Completion:
+        launch = self._renamed.pop((c.launch.request_id, c.launch.slice_index), None)
+        return c if launch is None else dataclasses.replace(c, launch=launch)
 
     def _started(self, launch: Launch) -> None:
         on_stream = self._on_stream
@@ -156,15 +233,22 @@ class Engine:
             getattr(log, level)("%s", message)
         refused = []
         for request, inputs in update.staged:
+            key = self._keys[request.id] = self._current.get(request.model, request.model)
             try:
-                backend.stage(request.id, request.model, inputs)
+                backend.stage(request.id, key, inputs)
             except InvalidInput as e:            # fits the model's specs, not the engine's
                 refused.append((request, e))
         for launch in update.launches:
-            backend.launch(launch)
+            key = self._keys.get(launch.request_id, launch.model)
+            if key != launch.model:
+                self._renamed[(launch.request_id, launch.slice_index)] = launch
+                backend.launch(dataclasses.replace(launch, model=key))
+            else:
+                backend.launch(launch)
             self._started(launch)
         for request_id in update.freed:
             backend.release(request_id)
+            self._keys.pop(request_id, None)
         for model, depth in update.depths:
             self.stats.set_queue_depth(model, depth)
         for answer in update.answers:
@@ -178,6 +262,8 @@ class Engine:
             outputs = self.backend.fetch(request.id)
         elif answer.buffers is Buffers.RELEASE:
             self.backend.release(request.id)
+        if answer.buffers is not Buffers.HELD:     # a hung launch holds its key until it ends
+            self._keys.pop(request.id, None)
         if answer.outcome is Outcome.COMPLETED:
             t = answer.timings
             self.stats.completed(request.model, t.total_ms, t.queue_ms, t.device_ms)

@@ -76,6 +76,20 @@ class Stats:
         self.undecodable = 0
         self.stream_busy_s: list[float] = []    # per stream: seconds held by launches, ever
 
+    def set_models(self, slo_ms: dict[str, float], fresh: tuple[str, ...] = ()) -> None:
+        """A reload's model set: entries kept (their SLO updated), new or `fresh` ones start
+        at zero, the rest dropped."""
+        with self._lock:
+            kept = {name: self._models[name] for name in slo_ms
+                    if name in self._models and name not in fresh}
+            for name, slo in slo_ms.items():
+                kept.setdefault(name, ModelStats(slo)).slo_ms = slo
+                self.queue_depth.setdefault(name, 0)
+                self.queue_peak[name] = 0 if name in fresh else self.queue_peak.get(name, 0)
+            for name in [n for n in self.queue_depth if n not in slo_ms]:
+                del self.queue_depth[name], self.queue_peak[name]
+            self._models = kept
+
     def set_streams(self, streams: int) -> None:
         self.stream_busy_s = [0.0] * streams
 

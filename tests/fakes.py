@@ -63,6 +63,7 @@ class FakeBackend:
                  fail_if: Callable[[Launch], str | None] | None = None, start_s: float = 0.0):
         self.num_streams = num_streams
         self.models: dict[str, ModelInfo] = dict(models or {})
+        self.unloaded: list[str] = []        # models unloaded, in order
         self.durations = dict(durations or {})
         self.default_duration_s = default_duration_s
         self.errors = dict(errors or {})
@@ -112,6 +113,12 @@ class FakeBackend:
     def load(self, model: str, path: Path, instances: int) -> LoadedModel:
         info = self.models[model]
         return LoadedModel(info.inputs, info.outputs, info.num_slices)
+
+    def unload(self, model: str) -> None:
+        assert model in self.models, f"unload of {model!r}, which is not loaded"
+        held = [rid for rid, t in self._tensors.items() if t["model"] == model]
+        assert not held, f"unload of {model!r} while requests {held} are staged"
+        self.unloaded.append(model)
 
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         assert request_id not in self._tensors, f"request {request_id} staged twice"

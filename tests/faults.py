@@ -70,6 +70,9 @@ class FaultyBackend:
     def load(self, model, path, instances):
         return self.inner.load(model, path, instances)
 
+    def unload(self, model):
+        self.inner.unload(model)
+
     def stage(self, request_id, model, inputs):
         self.inner.stage(request_id, model, inputs)
 

@@ -41,6 +41,10 @@ class Backend(Protocol):
         only when the config gives some, so a backend without the keyword still loads
         every model that has none."""
 
+    def unload(self, model: str) -> None:
+        """Free what `load` made for `model` (a reload removed it). The engine calls it only
+        once no request of the model is staged or running."""
+
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         """Take a request's (already validated) inputs before its first launch."""
 

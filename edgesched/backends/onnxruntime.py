@@ -172,6 +172,10 @@ class OnnxRuntimeBackend:
         self._outputs[model] = tuple(t.name for t in loaded.outputs)
         return loaded
 
+    def unload(self, model: str) -> None:
+        self._slices.pop(model, None)        # its sessions close when the last reference goes
+        self._outputs.pop(model, None)
+
     def _load_sliced(self, directory: Path):
         if not (directory / MANIFEST_NAME).is_file():
             raise ModelLoadError(f"{directory}: a directory without {MANIFEST_NAME}")

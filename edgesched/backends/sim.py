@@ -226,6 +226,10 @@ class SimBackend:
         self._outputs[model] = tuple(outputs)
         return LoadedModel(tuple(inputs), tuple(outputs), len(works))
 
+    def unload(self, model: str) -> None:
+        for held in (self._work, self._outputs, self._sources):
+            held.pop(model, None)
+
     # --- running ------------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         try:

@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args) -> int:
+    from edgesched.serve.reload import Reloader
     from edgesched.serve.server import Server
     from edgesched.serve.systemd import Notifier
     config = load_config(args.config or default_config())
@@ -226,6 +227,9 @@ def _serve(args) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        # SIGHUP (systemctl reload): re-read the config file (serve/reload.py), not exit.
+        reloader = Reloader(server)
+        signal.signal(signal.SIGHUP, lambda *_: reloader.request())
         serving = (f"serving {', '.join(server.models)} on {server.endpoint} "
                    f"({server.backend.name}, policy {config.scheduler.policy.value})")
         notifier.status(serving)

@@ -49,6 +49,11 @@ class Health:
         self._lock = threading.Lock()
         self._models = {name: _State() for name in models}
 
+    def set_models(self, models) -> None:
+        """Keep the entries of `models` (names), add new ones healthy, drop the rest."""
+        with self._lock:
+            self._models = {name: self._models.get(name) or _State() for name in models}
+
     def admit(self, model: str, now_s: float, stuck: bool) -> bool:
         """May a new request of `model` run? Always for a healthy model; for an unhealthy one,
         a probe at most every retry_s and never while a launch of it is stuck."""

@@ -98,6 +98,12 @@ class Lifecycle:
         self._timeouts: list[tuple[float, int, int]] = []      # heap of (give up s, id, slice)
         self._shapes: dict[int, tuple] = {}     # admitted request id -> its input signature
 
+    def set_models(self, models: Mapping[str, ModelInfo]) -> None:
+        """A reload's model set; health entries follow (new ones healthy)."""
+        self.models = dict(models)
+        self.state.set_models(self.models)
+        self.health.set_models(self.models)
+
     # --- queries --------------------------------------------------------------------------
     def wait_s(self, now: float, max_wait_s: float) -> float:
         """How long the engine may sleep: until the next deadline or launch timeout."""

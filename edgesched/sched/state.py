@@ -184,6 +184,16 @@ class SchedState:
         return len(self.requests)
 
     # --- transitions (the engine calls these) ---------------------------------------------
+    def set_models(self, models: dict[str, ModelInfo]) -> None:
+        """A reload's model set (a new dict: policies cache per-model data by its identity).
+        A model removed must have nothing pending."""
+        self.models = models
+        for name in [n for n in self._pending if n not in models]:
+            del self._pending[name]
+            self.arrivals.pop(name, None)
+        for name in models:
+            self._pending.setdefault(name, 0)
+
     def admit(self, request: Request) -> None:
         self.requests[request.id] = request
         self._pending[request.model] += 1

@@ -107,7 +107,9 @@ def snapshot(server: "Server", histograms: bool = False) -> dict:
     stats = server.stats.snapshot(histograms)
     drift = engine.drift.snapshot() if engine.drift is not None else {}
     for name, health in engine.health.snapshot().items():
-        m = stats["models"][name]
+        m = stats["models"].get(name)
+        if m is None:        # a reload changed the model set between the two snapshots
+            continue
         m["health"] = health
         m["drift"] = drift.get(name)
     running = [None] * server.backend.num_streams

@@ -234,6 +234,8 @@ class Server:
 
     def _send_result(self, result: Result) -> None:
         """Called on the engine thread (or the stopping thread): encode and hand to IO."""
+        if not isinstance(result.reply_to, tuple):   # a reload's warm-up (serve/reload.py)
+            return result.reply_to(result)
         envelope, request_id, held_bytes, regions = result.reply_to
         self.intake.give(held_bytes)             # its frames are dropped with this result
         self.regions.release(regions)            # and its claim on shared memory ends
@@ -423,6 +425,8 @@ class Server:
             raise DeadlineExceeded(f"model {model!r}: deadline_ms={deadline_ms} has already passed")
         deadline_s = None if deadline_ms is None else now + deadline_ms / 1e3
         with self._intake:       # stop() closes intake under this lock: no submit slips past it
+            if model not in self.models:         # a reload removed it since the check
+                raise self._unknown_model(model)
             if not self._accepting:
                 self.stats.count(model, "rejected")
                 raise ShuttingDown("the server is shutting down and accepts no new requests")

@@ -224,6 +224,7 @@ def test_the_unit_is_a_notify_service_with_a_watchdog_and_cuda_safe_hardening():
     assert s["ExecStart"] == ["/opt/edgesched/bin/edgesched serve --config "
                               "/etc/edgesched/config.yaml --endpoint "
                               "ipc:///run/edgesched/edgesched.sock"]
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]   # SIGHUP reloads the config
     assert "PrivateDevices" not in s                # it hides the GPU's device nodes
     for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
                        ("ProtectHome", "yes"), ("PrivateTmp", "yes")]:

@@ -39,6 +39,18 @@ class Loader:
         self._engines.clear()
         self._runtime = None
 
+    def release(self, model: Model, others) -> None:
+        """Free an unloaded model: its execution contexts first (each holds its engine), then
+        the engines no model in `others` still uses. The primary context must be current."""
+        for piece in model.slices:
+            piece.free.clear()
+            piece.contexts.clear()
+        in_use = {id(piece.engine) for m in others for piece in m.slices}
+        for key in [k for k, e in self._engines.items() if id(e) not in in_use]:
+            del self._engines[key]
+        for piece in model.slices:
+            piece.engine = None
+
     def load(self, path: Path, instances: int) -> Model:
         if path.is_dir():
             return self._sliced(path, instances)

@@ -66,14 +66,12 @@ class TensorRTBackend:
         self._trt = _import_trt()
         self._cuda = import_pycuda()
         self.num_streams = streams
-        self.device = device
-        self._timed = timed
+        self.device, self._timed, self._closed = device, timed, False
         self._calibration = Calibration()      # probes and telemetry; idle unless calibrating
         self.stream_priorities: list[int] = []
         self.zero_copy = False
         self._primary: PrimaryContext | None = None
         self._loader: Loader | None = None
-        self._closed = False
         self._streams: list[int] = []
         self._events: list[int] = []               # free events; _all_events owns them
         self._all_events: list[int] = []
@@ -115,9 +113,7 @@ class TensorRTBackend:
             work: queue.SimpleQueue = queue.SimpleQueue()
             thread = threading.Thread(target=self._wait, args=(work,), daemon=True,
                                       name=f"edgesched-trt-wait-{s}")
-            self._work.append(work)
-            self._waiters.append(thread)
-            thread.start()
+            self._work.append(work), self._waiters.append(thread), thread.start()
 
     def _current(self):
         """The primary context current on this thread for the block (push/pop are cheap)."""
@@ -139,6 +135,10 @@ class TensorRTBackend:
                                          f"--shape {name}:{wanted}`")
         self._models[model] = loaded
         return LoadedModel(loaded.inputs, loaded.outputs, len(loaded.slices))
+
+    def unload(self, model: str) -> None:
+        with self._current():      # contexts, then engines no other model uses (loading.py)
+            self._loader.release(self._models.pop(model), list(self._models.values()))
 
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:

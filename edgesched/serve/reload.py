@@ -1,0 +1,205 @@
+"""Reloading the config while serving (SIGHUP, `systemctl reload`).
+
+What changes comes from config_diff.diff. The order keeps every request answered and never
+lets intake see a model the engine does not know:
+1. load the models added, and the new versions of models changed (path, shapes, instances)
+   under a backend key of their own (name@N), on this thread: slow, the engine keeps serving;
+2. the engine thread adds them to its model set (statistics and health too), hidden from
+   intake, and warms each with one synthetic request (every slice runs once, staged with no
+   tensors: zeros, as calibration runs do);
+3. the engine thread applies SLO/priority changes; then, holding the server's intake lock, it
+   admits what intake already checked (on the old versions), points each changed name at its
+   new version and replaces the server's model dict in one assignment: from then on new
+   models are served, removed ones answer UnknownModel, unchanged ones keep their entries;
+4. removed models and replaced versions are unloaded once their last request is answered.
+A config that does not validate, a model that fails to load or to warm up: the reload is
+refused with one log line and the old set keeps serving. Sections that cannot change live
+are reported in one line as needing a restart and left as they were.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from edgesched.backends import load_models
+from edgesched.config import load_config
+from edgesched.engine import Result, Submission
+from edgesched.errors import EdgeschedError
+from edgesched.serve.config_diff import ConfigDiff, diff
+from edgesched.types import ModelInfo
+
+if TYPE_CHECKING:
+    from edgesched.serve.server import Server
+
+log = logging.getLogger("edgesched.reload")
+_ENGINE_WAIT_S = 30.0      # an engine step takes milliseconds; past this it is stuck
+_VERSIONS = itertools.count(2)   # backend keys of changed models' new versions: name@2, ...
+
+
+class ReloadRefused(EdgeschedError):
+    """A reload that was not applied; the old config keeps serving."""
+
+
+class Reloader:
+    """Reloads `path` (the server's config file) on request; one reload at a time."""
+
+    def __init__(self, server: "Server", path: str | None = None):
+        self.server, self.path = server, path or server.config.source
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Safe in a signal handler: returns at once, the reload runs on its own thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="edgesched-reload",
+                                            daemon=True)
+            self._thread.start()
+        self._wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            try:
+                self.reload()
+            except Exception:
+                log.exception("reload failed inside the server; still serving the old config")
+
+    def reload(self) -> ConfigDiff | None:
+        """Apply the config file now; the diff applied, or None if it was refused."""
+        with self._lock:
+            notifier = self.server.notifier
+            # sd_notify(3): RELOADING=1 comes with the CLOCK_MONOTONIC time in microseconds.
+            notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                applied = self._apply()
+            except EdgeschedError as e:
+                log.error("reload of %s refused; still serving the old config: %s",
+                          self.path, e)
+                applied = None
+            finally:
+                notifier.ready()
+            notifier.status(("reloaded: " if applied else "reload refused: ")
+                            + f"serving {', '.join(self.server.models)}")
+            return applied
+
+    # --- the steps ----------------------------------------------------------------------
+    def _apply(self) -> ConfigDiff:
+        server, engine = self.server, self.server.engine
+        old = server.config
+        new = load_config(self.path)
+        d = diff(old, new)
+        draining = [m.name for m in d.added if m.name in engine.retiring]
+        if draining:
+            raise ReloadRefused(f"model {draining[0]!r} is still draining from the last "
+                                "reload; reload again once it is unloaded")
+        if d.restart:
+            log.warning("reload: %s changed: needs a restart (left as it was)",
+                        ", ".join(d.restart))
+        # A changed model's new version loads beside the old one under a key that no config
+        # name can be ('@' is not allowed in names), and is warmed there, hidden from intake.
+        keys = {m.name: f"{m.name}@{next(_VERSIONS)}" for m in d.reloaded}
+        loaded = self._load([*d.added, *(dataclasses.replace(m, name=keys[m.name])
+                                         for m in d.reloaded)])
+        self._on_engine(lambda: engine.set_models({**engine.models, **loaded},
+                                                  fresh=tuple(loaded)))
+        problem = self._warm(loaded)
+        if problem is not None:
+            for name in loaded:
+                self._on_engine(lambda n=name: engine.retire(n))
+            raise ReloadRefused(problem)
+        added = {m.name: loaded[m.name] for m in d.added}
+        retuned = {m.name: dataclasses.replace(server.models[m.name], slo_ms=m.slo_ms,
+                                               priority=m.priority) for m in d.retuned}
+        versions = {name: (dataclasses.replace(loaded[key], name=name), key)
+                    for name, key in keys.items()}
+        # Warm-up counted as requests: the added models' statistics start at zero here.
+        self._on_engine(lambda: engine.set_models({**engine.models, **retuned},
+                                                  fresh=tuple(added)))
+        served: dict[str, ModelInfo] = {}
+        for m in new.models:
+            served[m.name] = (added.get(m.name) or retuned.get(m.name)
+                              or versions.get(m.name, (server.models.get(m.name),))[0])
+
+        def publish() -> None:
+            server.models = served
+
+        def switch() -> None:
+            # Under the intake lock (_admit re-checks the name under it) the engine admits
+            # what intake checked against the old models, then switches versions, then intake
+            # sees the new set: one step for every request.
+            with server._intake:
+                engine.switch(versions, publish)
+        self._on_engine(switch)
+        for name in d.removed:
+            engine.call_soon(lambda n=name: engine.retire(n))
+        server.config = dataclasses.replace(old, models=new.models)
+        log.info("reloaded %s: %s", self.path, d.describe())
+        return d
+
+    def _load(self, entries: list) -> dict[str, ModelInfo]:
+        """Load `entries` (off the engine thread); on a failure unload those loaded."""
+        loaded: dict[str, ModelInfo] = {}
+        for entry in entries:
+            try:
+                loaded.update(load_models(self.server.backend, [entry]))
+            except EdgeschedError:
+                backend = self.server.backend
+                for name in loaded:      # a model that failed to load holds nothing
+                    self._on_engine(lambda n=name: backend.unload(n))
+                raise
+        return loaded
+
+    def _warm(self, added: dict[str, ModelInfo]) -> str | None:
+        """One synthetic request per added model; what went wrong, or None."""
+        engine, waits = self.server.engine, {}
+        for name in added:
+            done, box = threading.Event(), []
+            engine.submit(Submission(name, {}, time.monotonic(),
+                                     reply_to=_Warmup(done, box)))
+            waits[name] = (done, box)
+        for name, (done, box) in waits.items():
+            # Each slice may take up to the launch timeout; 10 s more for queueing behind
+            # the requests already there.
+            limit_s = (engine.launch_timeout_s or _ENGINE_WAIT_S) * added[name].num_slices + 10
+            if not done.wait(limit_s):
+                return f"model {name!r}: its warm-up request took longer than {limit_s:g} s"
+            if box[0].error is not None:
+                return f"model {name!r}: its warm-up request failed: {box[0].error}"
+        return None
+
+    def _on_engine(self, fn: Callable[[], None]) -> None:
+        """Run fn on the engine thread between two steps and wait for it."""
+        done, failed = threading.Event(), []
+
+        def call() -> None:
+            try:
+                fn()
+            except Exception as e:     # reported here; the engine thread keeps stepping
+                failed.append(e)
+            finally:
+                done.set()
+        self.server.engine.call_soon(call)
+        if not done.wait(_ENGINE_WAIT_S):
+            raise ReloadRefused(f"the engine thread did not respond in {_ENGINE_WAIT_S:g} s")
+        if failed:
+            raise failed[0]
+
+
+class _Warmup:
+    """reply_to of a warm-up request: the server hands its Result here, not to a client."""
+
+    def __init__(self, done: threading.Event, box: list):
+        self._done, self._box = done, box
+
+    def __call__(self, result: Result) -> None:
+        self._box.append(result)
+        self._done.set()
+
+
+__all__ = ["ReloadRefused", "Reloader"]
