@@ -33,9 +33,12 @@ setup(
         "cpu": ["onnxruntime>=1.16"],
         "jetson": ["pycuda>=2022.2", "jetson-stats>=4.2"],
         "plot": ["matplotlib>=3.5"],
-        # cuda-python's driver + NVRTC bindings and libnvrtc: `selftest --cuda`, and the probe
-        # compile tests (NVRTC needs no GPU). On a Jetson JetPack's CUDA also provides libnvrtc.
-        "nvrtc": ["cuda-bindings<13", "nvidia-cuda-nvrtc-cu12"],
+        # libnvrtc alone (called through ctypes): compiles the probe kernels, no GPU needed; CI
+        # installs it. No cuda-bindings here: its wheel imports `cuda` in every Python process.
+        "nvrtc": ["nvidia-cuda-nvrtc-cu12"],
+        # cuda-python's driver API as well: `selftest --cuda` and probes during calibration.
+        # On a Jetson, JetPack's CUDA provides libnvrtc already.
+        "cuda": ["cuda-bindings<13", "nvidia-cuda-nvrtc-cu12"],
         "test": ["pytest>=7.4", "hypothesis>=6.80", "onnxruntime>=1.16"],
     },
     entry_points={"console_scripts": ["edgesched=edgesched.commands.cli:main"]},

@@ -3,8 +3,6 @@ from, its lookups, and the backends and model files that read through it."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +107,6 @@ def test_dtypes_imports_only_numpy():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert imported <= {"__future__", "dataclasses", "numpy"}
-    code = ("import sys, edgesched.dtypes; heavy = {'onnx', 'onnxruntime', 'tensorrt', "
-            "'msgpack', 'zmq'} & set(sys.modules); assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --- the readers that go through it ---------------------------------------------------------

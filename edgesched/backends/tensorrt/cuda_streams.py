@@ -189,7 +189,7 @@ class CtypesDriver:
 
 # --- cuda-python -------------------------------------------------------------------------------
 
-def _import_cuda_python():
+def import_cuda_python():
     """cuda-python's driver module: `cuda.bindings.driver` (12.6+), else `cuda.cuda`."""
     try:
         from cuda.bindings import driver
@@ -277,7 +277,7 @@ class CudaPythonDriver:
 
 def open_driver() -> Driver:
     libcuda = _load_libcuda()
-    module = _import_cuda_python()
+    module = import_cuda_python()
     if module is not None:
         return CudaPythonDriver(module, libcuda)
     if libcuda is None:

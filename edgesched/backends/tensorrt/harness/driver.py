@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 
+from edgesched.backends.tensorrt import cuda_streams
 from edgesched.backends.tensorrt.cuda_streams import CudaDriverError
 from edgesched.errors import BackendUnavailable
 
@@ -26,21 +27,15 @@ CU_STREAM_NON_BLOCKING = 0x1       # no implicit sync with the legacy default st
 CU_MEMHOSTALLOC_DEVICEMAP = 0x2    # pinned host memory mapped into the device's address space
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_NOT_READY = 600
-INSTALL_HINT = "pip install 'edgesched[nvrtc]' (cuda-python and NVRTC)"
+INSTALL_HINT = "pip install 'edgesched[cuda]' (cuda-python and NVRTC)"
 
 
 def import_driver():
-    """cuda-python's driver module: `cuda.bindings.driver` (12.6+), else `cuda.cuda`."""
-    try:
-        from cuda.bindings import driver
-        return driver
-    except ImportError:
-        pass
-    try:
-        from cuda import cuda as driver
-        return driver
-    except ImportError:
-        raise BackendUnavailable(f"cuda-python is not installed: {INSTALL_HINT}") from None
+    """cuda-python's driver module (the harness needs no TensorRT, pycuda or ctypes libcuda)."""
+    driver = cuda_streams.import_cuda_python()
+    if driver is None:
+        raise BackendUnavailable(f"cuda-python is not installed: {INSTALL_HINT}")
+    return driver
 
 
 @dataclass(frozen=True)

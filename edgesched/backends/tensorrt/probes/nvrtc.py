@@ -1,12 +1,12 @@
-"""Compiling the probe kernels with NVRTC through cuda-python, for one compute capability.
+"""Compiling the probe kernels with NVRTC, for one compute capability.
 
-NVRTC needs no GPU: CI compiles every probe for Xavier (7.2) and Orin (8.7) on x86-64. Where the
-library comes from: JetPack's CUDA on a Jetson (/usr/local/cuda/lib64, on the loader's path),
-else the `nvidia-cuda-nvrtc-cu12` wheel (`pip install 'edgesched[nvrtc]'`). Recent cuda-bindings
-find the wheel themselves (cuda-pathfinder); older ones only dlopen("libnvrtc.so.12") by name,
-which misses the wheel's directory. `load` therefore loads the first libnvrtc it finds, RTLD_GLOBAL,
-before the binding's first call: a later dlopen of the same soname returns the loaded copy, so
-nobody has to set LD_LIBRARY_PATH.
+NVRTC needs no GPU: CI compiles every probe for Xavier (7.2) and Orin (8.7) on x86-64. Its C API
+is a dozen stable functions, so they are called through ctypes: compiling needs only libnvrtc,
+not cuda-python, whose wheel imports `cuda` into every Python process at start-up (a .pth
+file). Where the library comes from: JetPack's CUDA on a Jetson (/usr/local/cuda/lib64, on the
+loader's path), else the `nvidia-cuda-nvrtc-cu12` wheel (`pip install 'edgesched[nvrtc]'`),
+whose directory the loader does not search: `load_library` looks there too, so nobody has to
+set LD_LIBRARY_PATH.
 
 Target: a CUBIN for sm_XY where this NVRTC knows the device's architecture (machine code: no
 JIT at load time, so a pip NVRTC newer than the device's driver still loads under CUDA's minor
@@ -26,6 +26,7 @@ from pathlib import Path
 from edgesched.errors import BackendUnavailable, EdgeschedError
 
 INSTALL_HINT = "pip install 'edgesched[nvrtc]' (or use JetPack's CUDA)"
+MAJORS = (12, 13, 11)      # libnvrtc.so.MAJOR, tried in this order
 
 
 class ProbeCompileError(EdgeschedError):
@@ -53,29 +54,6 @@ class Compiled:
         return "cubin" if self.cubin else "ptx"
 
 
-def import_nvrtc():
-    """cuda-python's NVRTC binding (`cuda.bindings.nvrtc`, or the older `cuda.nvrtc`)."""
-    try:
-        from cuda.bindings import nvrtc
-        return nvrtc
-    except ImportError:
-        pass
-    try:
-        from cuda import nvrtc
-        return nvrtc
-    except ImportError:
-        raise BackendUnavailable(f"cuda-python's NVRTC binding is not installed: "
-                                 f"{INSTALL_HINT}") from None
-
-
-def _bindings_major(default: int = 12) -> int:
-    try:
-        from cuda.bindings import __version__
-        return int(str(__version__).split(".")[0])
-    except (ImportError, ValueError):
-        return default
-
-
 def library_candidates(major: int) -> list[Path]:
     """Where libnvrtc.so.MAJOR may be, most specific first (the wheel, then CUDA installs)."""
     name, found = f"libnvrtc.so.{major}", []
@@ -93,31 +71,138 @@ def library_candidates(major: int) -> list[Path]:
     return found
 
 
-def preload_library(major: int | None = None) -> str | None:
-    """Load libnvrtc (RTLD_GLOBAL) so the binding's dlopen by soname finds it. Returns where it
-    came from: "loader path", a file, or None where there is none (the binding then says so)."""
-    major = major or _bindings_major()
-    try:
-        ctypes.CDLL(f"libnvrtc.so.{major}", mode=ctypes.RTLD_GLOBAL)
-        return "loader path"
-    except OSError:
-        pass
-    for path in library_candidates(major):
-        if path.is_file():
-            try:
-                ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-                return str(path)
-            except OSError:
-                continue
+def load_library() -> tuple[ctypes.CDLL, str] | None:
+    """libnvrtc and where it came from ("loader path" or a file); None where there is none."""
+    for major in MAJORS:
+        try:
+            return ctypes.CDLL(f"libnvrtc.so.{major}"), "loader path"
+        except OSError:
+            pass
+        for path in library_candidates(major):
+            if path.is_file():
+                try:
+                    return ctypes.CDLL(str(path)), str(path)
+                except OSError:
+                    continue
     return None
+
+
+class _Status(int):
+    """An nvrtcResult with the name NVRTC gives it, as cuda-python's enum has one."""
+
+    name = ""
+
+
+_P = ctypes.c_void_p
+_SIGNATURES = {      # nvrtc.h; every function returns an nvrtcResult (int)
+    "nvrtcVersion": [ctypes.POINTER(ctypes.c_int)] * 2,
+    "nvrtcGetNumSupportedArchs": [ctypes.POINTER(ctypes.c_int)],
+    "nvrtcGetSupportedArchs": [ctypes.POINTER(ctypes.c_int)],
+    "nvrtcCreateProgram": [ctypes.POINTER(_P), ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                           ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_char_p)],
+    "nvrtcCompileProgram": [_P, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+    "nvrtcDestroyProgram": [ctypes.POINTER(_P)],
+    "nvrtcGetProgramLogSize": [_P, ctypes.POINTER(ctypes.c_size_t)],
+    "nvrtcGetProgramLog": [_P, ctypes.c_char_p],
+    "nvrtcGetPTXSize": [_P, ctypes.POINTER(ctypes.c_size_t)],
+    "nvrtcGetPTX": [_P, ctypes.c_char_p],
+    "nvrtcGetCUBINSize": [_P, ctypes.POINTER(ctypes.c_size_t)],
+    "nvrtcGetCUBIN": [_P, ctypes.c_char_p],
+}
+
+
+class CtypesNvrtc:
+    """libnvrtc's functions with cuda-python's calling convention: each returns a tuple of the
+    status and the outputs, so `Nvrtc` drives this, cuda-python's binding or a test fake alike.
+    A function this libnvrtc lacks (nvrtcGetCUBIN before 11.1) is simply not an attribute."""
+
+    def __init__(self, lib: ctypes.CDLL, where: str):
+        self.library = where
+        self._lib = lib
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
+        self._fn = {}
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype, fn.argtypes = ctypes.c_int, argtypes
+                self._fn[name] = fn
+        # Newer than 11.0: attributes only where this libnvrtc has them (Nvrtc asks hasattr).
+        if "nvrtcGetCUBIN" in self._fn:
+            self.nvrtcGetCUBINSize = lambda prog: self._size("nvrtcGetCUBINSize", prog)
+            self.nvrtcGetCUBIN = lambda prog, buffer: self._into("nvrtcGetCUBIN", prog, buffer)
+        if "nvrtcGetSupportedArchs" in self._fn:
+            self.nvrtcGetSupportedArchs = self._supported_archs
+
+    def _status(self, code: int) -> _Status:
+        status = _Status(code)
+        status.name = (self._lib.nvrtcGetErrorString(code) or b"").decode()
+        return status
+
+    def nvrtcVersion(self):
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        status = self._fn["nvrtcVersion"](ctypes.byref(major), ctypes.byref(minor))
+        return self._status(status), major.value, minor.value
+
+    def _supported_archs(self):
+        count = ctypes.c_int()
+        status = self._fn["nvrtcGetNumSupportedArchs"](ctypes.byref(count))
+        archs = (ctypes.c_int * max(count.value, 1))()
+        if status == 0:
+            status = self._fn["nvrtcGetSupportedArchs"](archs)
+        return self._status(status), list(archs[:count.value])
+
+    def nvrtcCreateProgram(self, source: bytes, name: bytes, headers: int, sources, names):
+        """No headers: the probes include none (`headers` must be 0)."""
+        if headers:
+            raise ValueError("CtypesNvrtc compiles sources without headers")
+        prog = _P()
+        status = self._fn["nvrtcCreateProgram"](ctypes.byref(prog), source, name, 0, None, None)
+        return self._status(status), prog
+
+    def nvrtcCompileProgram(self, prog, count: int, options: list[bytes]):
+        array = (ctypes.c_char_p * count)(*options)
+        return (self._status(self._fn["nvrtcCompileProgram"](prog, count, array)),)
+
+    def nvrtcDestroyProgram(self, prog):
+        return (self._status(self._fn["nvrtcDestroyProgram"](ctypes.byref(prog))),)
+
+    def _size(self, fn: str, prog):
+        size = ctypes.c_size_t()
+        return self._status(self._fn[fn](prog, ctypes.byref(size))), size.value
+
+    def _into(self, fn: str, prog, buffer: bytearray):
+        out = (ctypes.c_char * len(buffer)).from_buffer(buffer)   # NVRTC writes in place
+        return (self._status(self._fn[fn](prog, out)),)
+
+    def nvrtcGetProgramLogSize(self, prog):
+        return self._size("nvrtcGetProgramLogSize", prog)
+
+    def nvrtcGetProgramLog(self, prog, buffer):
+        return self._into("nvrtcGetProgramLog", prog, buffer)
+
+    def nvrtcGetPTXSize(self, prog):
+        return self._size("nvrtcGetPTXSize", prog)
+
+    def nvrtcGetPTX(self, prog, buffer):
+        return self._into("nvrtcGetPTX", prog, buffer)
+
+
+def import_nvrtc():
+    """NVRTC through ctypes on the libnvrtc found; BackendUnavailable, one line, without one."""
+    found = load_library()
+    if found is None:
+        raise BackendUnavailable(f"the NVRTC library (libnvrtc.so.{MAJORS[0]}) is not "
+                                 f"installed: {INSTALL_HINT}")
+    return CtypesNvrtc(*found)
 
 
 class Nvrtc:
     """The few NVRTC calls the probes need; every call's status is checked."""
 
-    def __init__(self, module=None, *, preload: bool = True):
-        self.library = preload_library() if preload and module is None else None
+    def __init__(self, module=None):
         self._nv = module if module is not None else import_nvrtc()
+        self.library = getattr(self._nv, "library", None)   # where libnvrtc was loaded from
         try:
             major, minor = self._call("nvrtcVersion")
         except ProbeCompileError:
