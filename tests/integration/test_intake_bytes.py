@@ -5,10 +5,6 @@ by at most the budget + 64 MiB (read from its /proc/PID/status)."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import pytest
 import zmq
 
 from edgesched import Client
+from edgesched.commands.soak.server import ServerProcess
 from edgesched.serve import wire
 from tests import models as test_models
 
@@ -37,8 +34,6 @@ def status_kib(pid: int, field: str) -> int:
 
 @pytest.fixture
 def heavy_server(tmp_path):
-    sock_dir = tempfile.mkdtemp(prefix="es")
-    endpoint = f"ipc://{sock_dir}/b.sock"
     model = test_models.build_heavy_input_model(tmp_path / "heavy.onnx", layers=16)
     config = tmp_path / "budget.yaml"
     config.write_text(json.dumps({
@@ -46,21 +41,11 @@ def heavy_server(tmp_path):
         "limits": {"max_message_bytes": REQUEST_BYTES + MiB, "intake_bytes": BUDGET_BYTES,
                    "queue_depth": 64},
         "models": [{"name": "heavy", "path": str(model), "slo_ms": 1000}]}))
-    stderr = (tmp_path / "stderr.txt").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "edgesched", "serve", "--config", str(config),
-                             "--endpoint", endpoint], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=stderr, text=True)
+    server = ServerProcess(config)        # `edgesched serve` on a private socket, serving
     try:
-        line = proc.stdout.readline()
-        stderr.seek(0)
-        assert "serving" in line, (line, stderr.read())
-        yield proc, endpoint
+        yield server.proc, server.endpoint
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        stderr.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        server.close()
 
 
 def test_a_flood_of_large_requests_stays_within_the_byte_budget(heavy_server):

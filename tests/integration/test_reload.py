@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,6 +16,7 @@ import pytest
 import yaml
 
 from edgesched import Client, UnknownModel
+from edgesched.commands.soak.server import ServerProcess
 from edgesched.config import load_config
 from edgesched.serve.reload import Reloader
 from edgesched.serve.server import Server
@@ -164,16 +163,13 @@ def test_an_invalid_config_is_refused_and_the_old_keeps_serving(short_dir, caplo
 
 
 def test_sighup_reloads_a_running_serve(short_dir):
-    endpoint = f"ipc://{short_dir}/s.sock"
+    endpoint = f"ipc://{short_dir}/s.sock"      # ServerProcess serves on a socket of its own
     config = write_config(short_dir / "c.yaml", endpoint, entries("convnet"))
-    proc = subprocess.Popen([sys.executable, "-m", "edgesched", "serve", "--config",
-                             str(config)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    server = ServerProcess(config)
     try:
-        assert "serving" in proc.stdout.readline()
         write_config(config, endpoint, entries("convnet", "attention"))
-        os.kill(proc.pid, signal.SIGHUP)
-        with Client(endpoint, timeout_s=20) as client:
+        os.kill(server.proc.pid, signal.SIGHUP)
+        with Client(server.endpoint, timeout_s=20) as client:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if "attention" in [m["name"] for m in client.models()]:
@@ -182,12 +178,7 @@ def test_sighup_reloads_a_running_serve(short_dir):
             assert client.infer("attention", INPUTS["attention"])["features"].shape == \
                 (1, 32, 64)
             client.infer("convnet", INPUTS["convnet"])
-        assert proc.poll() is None                     # SIGHUP no longer kills it
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert server.proc.poll() is None              # SIGHUP no longer kills it
+        assert server.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        server.close()
