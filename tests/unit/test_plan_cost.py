@@ -9,19 +9,11 @@ from edgesched.sched import Request, SchedState, make_policy
 from edgesched.sched.predictor import Predictor
 from edgesched.sched.profile import Profile
 from edgesched.types import Launch, ModelInfo, Priority, SliceDemand, TensorSpec
+from tests.unit.test_interference import CountingPredictor
 
 RT, BE = Priority.REALTIME, Priority.BEST_EFFORT
 SPEC = TensorSpec("x", "float32", (1,))
 POLICIES = ("fifo", "greedy", "priority", "interference")
-
-
-class CountingPredictor:
-    def __init__(self, inner: Predictor):
-        self.inner, self.calls = inner, 0
-
-    def slowdowns(self, demands):
-        self.calls += 1
-        return self.inner.slowdowns(demands)
 
 
 def backlog(waiting_per_slice: int) -> tuple[SchedState, Profile]:
