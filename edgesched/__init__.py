@@ -37,6 +37,9 @@ _CLIENT_NAMES = ("AsyncClient", "Client", "Pending")
 def __getattr__(name: str):
     # PEP 562: `from edgesched import Client` imports the client only when asked for.
     if name in _CLIENT_NAMES:
+        if name == "AsyncClient":
+            from edgesched.serve.async_client import AsyncClient
+            return AsyncClient
         from edgesched.serve import client
         return getattr(client, name)
     raise AttributeError(f"module 'edgesched' has no attribute {name!r}")

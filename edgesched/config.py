@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,23 @@ from typing import Any
 
 import yaml
 
+from edgesched.batch_config import check_batch
+from edgesched.config_checks import (  # noqa: F401 (re-exported: workload.py checks alike)
+    _ABSENT,
+    MODEL_SUFFIXES,
+    _endpoint,
+    _got,
+    _integer,
+    _Invalid,
+    _model_path,
+    _name,
+    _one_of,
+    _positive,
+    _resolve,
+    _shapes,
+    _Text,
+    validate_endpoint,
+)
 from edgesched.devices import MODULES
 from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpoint: re-exported)
     SYSTEMD_ENDPOINT,
@@ -27,17 +42,12 @@ from edgesched.endpoints import (  # noqa: F401 (SYSTEMD_ENDPOINT, default_endpo
     require_keys,
 )
 from edgesched.errors import ConfigError
-from edgesched.shapes import ShapeError, ShapeRange, parse_mapping
-from edgesched.types import BackendName, PolicyName, Priority, TelemetrySource
+from edgesched.modelfiles import versions
+from edgesched.shapes import ShapeRange
+from edgesched.types import BackendName, BatchConfig, PolicyName, Priority, TelemetrySource
 
 SIM_DEVICES = MODULES   # the modules edgesched has figures for (edgesched.devices)
 MODULE_AUTO = "auto"    # device.module: read the board's device-tree model string
-MODEL_SUFFIXES = (".onnx", ".engine", ".plan")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# Bracketed IPv6, or a host name / IPv4 / interface / `*` without ':' or '/'.
-_TCP = re.compile(r"(\[[^\]\s/]+\]|[^\s/:\[\]]+):([0-9]{1,5})")
-# sun_path is 108 bytes with the NUL; zmq would fail only at bind time, less clearly.
-_IPC_PATH_MAX_BYTES = 107
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,10 @@ class ServerConfig:
     curve_secret_key: Path | None = None     # the server's CURVE certificate (.key_secret)
     curve_authorized_keys: Path | None = None  # directory of accepted client public keys
     metrics: str | None = None               # Prometheus /metrics at "HOST:PORT" (None: off)
+    # Model control (LOAD/UNLOAD): ipc peers of this group, and CURVE clients whose public
+    # key is in this directory, besides root and the server's own user (serve/access.py).
+    admin_group: str | int | None = None
+    admin_keys: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,9 @@ class LimitsConfig:
     unhealthy_retry_s: float = 5.0             # an unhealthy model gets one probe this often
     drift_threshold: float = 0.20              # |measured/profiled slice time - 1| that is drift
     drift_sustain_s: float = 10.0              # ... when it lasts this long (then logged once)
+    # MiB all loaded models may hold (serve/residency.py): realtime ones stay loaded, best-effort
+    # ones are evicted least-recently-used to fit. None (absent): no budget, all stay loaded.
+    device_memory_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,10 @@ class ModelConfig:
     # input -> fixed shape or (min, opt, max) range: what costs are estimated at (opt) and
     # what the server accepts (edgesched.shapes); inputs left out take what the model allows
     shapes: dict[str, ShapeRange] = field(default_factory=dict, hash=False)
+    batch: BatchConfig | None = None         # batch: {max, wait_ms}; None: off (batch_config)
+    # The numbered version served when the entry's path is a directory of versions (then
+    # `path` is the model inside it); None for a plain path. In a file: the pinned one.
+    version: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,136 +132,6 @@ class Config:
     profile: Path | None = None              # absolute; may not exist yet (calibrate writes it)
     telemetry: TelemetrySource = TelemetrySource.AUTO
     source: str = "<config>"                 # the file it came from, for messages
-
-
-# --- value checks: each returns the typed value or raises _Invalid -------------------------
-
-class _Invalid(Exception):
-    """(expected, got) from a failed check; the caller adds the file and key path."""
-
-
-class _Text:
-    """A `got` shown as written (ConfigError repr()s what it is given)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-_ABSENT = _Text("nothing")  # handed to a check when a required key is missing
-
-
-def _got(value: object) -> object:
-    if isinstance(value, _Text):
-        return value
-    text = repr(value)  # long values are cut so the message stays a readable line
-    return _Text(text[:77] + "..." if len(text) > 80 else text)
-
-
-def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
-    what = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
-
-    def check(v: Any) -> int:
-        # bool is an int subclass; `streams: yes` is a mistake, not 1.
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            raise _Invalid(what, v)
-        return v
-    return check
-
-
-def _positive(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise _Invalid("a finite number > 0", v)
-    return float(v)
-
-
-def _one_of(choices: Any) -> Callable[[Any], Any]:
-    values = [c.value for c in choices] if isinstance(choices, type) else list(choices)
-
-    def check(v: Any) -> Any:
-        if not isinstance(v, str) or v not in values:
-            raise _Invalid("one of " + ", ".join(values), v)
-        return choices(v) if isinstance(choices, type) else v
-    return check
-
-
-def _name(v: Any) -> str:
-    if not isinstance(v, str) or not _NAME.fullmatch(v):
-        raise _Invalid(f"a model name matching {_NAME.pattern}", v)
-    return v
-
-
-def _resolve(v: Any, base_dir: Path) -> Path:
-    if not isinstance(v, str) or not v.strip():
-        raise _Invalid("a file path", v)
-    return Path(os.path.abspath(base_dir / Path(v).expanduser()))
-
-
-def _model_path(v: Any, base_dir: Path) -> Path:
-    path = _resolve(v, base_dir)
-    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
-        return path
-    if path.is_dir() and (path / "manifest.json").is_file():
-        return path
-    why = ("a directory without manifest.json" if path.is_dir() else
-           "a file of another kind" if path.exists() else "which does not exist")
-    where = f"{v!r}" if str(path) == v else f"{v!r} (resolved to {str(path)!r})"
-    raise _Invalid("an existing .onnx, .engine or .plan file, or a directory containing "
-                   "manifest.json", _Text(f"{where}, {why}"))
-
-
-_SHAPES = "input name -> [sizes] or {min: [sizes], opt: [sizes], max: [sizes]}"
-
-
-def _shapes(v: Any) -> dict[str, ShapeRange]:
-    """A model's `shapes:` (config and workload files): input name -> [sizes] or a range.
-    A bad entry is shown as written, with why (ShapeError's reason)."""
-    if not isinstance(v, Mapping) or not v:
-        raise _Invalid(_SHAPES, v)
-    try:
-        return parse_mapping(v)
-    except ShapeError:
-        pass
-    for name, value in v.items():
-        try:
-            parse_mapping({name: value})
-        except ShapeError as e:
-            text = str(e)
-            for prefix in (f"shapes.{name}: ", "shapes: "):
-                text = text[len(prefix):] if text.startswith(prefix) else text
-            head, cut, _ = text.rpartition(", got ")      # the value is shown already
-            reason = head if cut else text
-            raise _Invalid(_SHAPES, _Text(f"{_got(name)}: {_got(value)} ({reason})")) from None
-    raise _Invalid(_SHAPES, v)        # not reached: some entry failed above
-
-
-def _endpoint(v: Any) -> str:
-    scheme, _, rest = v.partition("://") if isinstance(v, str) else ("", "", "")
-    if scheme == "ipc" and rest:
-        if len(rest.encode()) > _IPC_PATH_MAX_BYTES:
-            raise _Invalid(f"an ipc path of at most {_IPC_PATH_MAX_BYTES} bytes "
-                           "(the unix socket limit)", v)
-        return v
-    if scheme == "inproc" and rest:
-        return v
-    if scheme == "tcp":
-        m = _TCP.fullmatch(rest)
-        # No implicit all-interfaces: `*` or 0.0.0.0 must be written out.
-        if not m or not 1 <= int(m.group(2)) <= 65535:
-            raise _Invalid("tcp://<host>:<port> with a host (`*` or 0.0.0.0 for all interfaces) "
-                           "and a port from 1 to 65535", v)
-        return v
-    raise _Invalid("ipc://<path>, tcp://<host>:<port> or inproc://<name>", v)
-
-
-def validate_endpoint(endpoint: str, source: str, key: str) -> str:
-    """`endpoint` unchanged if zmq can bind or connect to it, else ConfigError (also for CLI)."""
-    try:
-        return _endpoint(endpoint)
-    except _Invalid as e:
-        raise ConfigError(source, key, e.args[0], _got(e.args[1])) from None
 
 
 # --- sections: key -> check tables, defaults taken from the dataclasses ---------------------
@@ -270,7 +161,7 @@ def _server_checks(base_dir: Path) -> _Checks:
     return {"endpoint": lambda v: default_endpoint() if v is None else _endpoint(v),
             "drain_timeout_s": _positive, "socket_group": _group,
             "curve_secret_key": optional_path, "curve_authorized_keys": optional_path,
-            "metrics": _metrics}
+            "metrics": _metrics, "admin_group": _group, "admin_keys": optional_path}
 
 
 def _metrics(v: Any) -> str | None:
@@ -303,6 +194,9 @@ def _server(source: str, data: Any, base_dir: Path) -> ServerConfig:
                               "written by `edgesched keys`", _Text(str(e).splitlines()[0])) \
                 from None
     require_keys(server.endpoint, keys, source, "server.endpoint")
+    if server.admin_keys is not None and keys is None:
+        raise ConfigError(source, "server.admin_keys", "server.curve_secret_key and "
+                          "server.curve_authorized_keys too (admin keys are CURVE keys)")
     return server
 
 
@@ -324,7 +218,7 @@ _LIMITS: _Checks = {"max_message_bytes": _integer(1024), "intake_bytes": _intege
                     "queue_depth": _integer(1),
                     "launch_timeout_s": _positive, "unhealthy_after": _integer(1),
                     "unhealthy_retry_s": _positive, "drift_threshold": _positive,
-                    "drift_sustain_s": _positive}
+                    "drift_sustain_s": _positive, "device_memory_mb": _positive}
 
 
 def _join(prefix: str, key: object) -> str:
@@ -358,18 +252,37 @@ def _fields(source: str, prefix: str, data: Any, cls: type, checks: _Checks) -> 
 def _models(source: str, data: Any, base_dir: Path) -> tuple[ModelConfig, ...]:
     if not isinstance(data, (list, tuple)) or not data:
         raise _Invalid("a list of at least one model", data)
-    checks: _Checks = {"name": _name, "path": lambda v: _model_path(v, base_dir),
-                       "slo_ms": _positive, "priority": _one_of(Priority),
-                       "instances": _integer(1, 16), "shapes": _shapes}
     models: list[ModelConfig] = []
     for i, entry in enumerate(data):
-        model = ModelConfig(**_fields(source, f"models[{i}]", entry, ModelConfig, checks))
+        model = parse_model(entry, source, base_dir, f"models[{i}]")
         for j, earlier in enumerate(models):
             if earlier.name == model.name:
                 raise ConfigError(source, f"models[{i}].name",
                                   f"a name not already used by models[{j}]", model.name)
         models.append(model)
     return tuple(models)
+
+
+def parse_model(entry: object, source: str, base_dir: Path, key: str = "model") -> ModelConfig:
+    """One model entry as in a config file's `models:` (also model control's LOAD), checked
+    and its numbered version resolved (modelfiles/versions.py)."""
+    checks: _Checks = {"name": _name, "path": lambda v: _model_path(v, base_dir),
+                       "slo_ms": _positive, "priority": _one_of(Priority),
+                       "instances": _integer(1, 16), "shapes": _shapes,
+                       "version": _integer(0), "batch": check_batch}
+    model = ModelConfig(**_fields(source, key, entry, ModelConfig, checks))
+    if not versions.is_versioned(model.path):
+        if model.version is not None:
+            raise ConfigError(source, f"{key}.version", "a path that is a directory of numbered "
+                              "versions (1/, 2/, ...)", _Text(str(model.path)))
+        return model
+    try:
+        number, path = versions.resolve(model.path, model.version)
+    except versions.VersionError as e:
+        raise ConfigError(source, f"{key}.path" if model.version is None else f"{key}.version",
+                          "a numbered version directory holding one model", _Text(str(e))) \
+            from None
+    return dataclasses.replace(model, path=path, version=number)
 
 
 def _limits(source: str, limits: LimitsConfig) -> LimitsConfig:

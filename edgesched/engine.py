@@ -24,11 +24,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from edgesched.backends.base import Backend, Doorbell
-from edgesched.errors import InvalidInput, RequestError
+from edgesched.errors import InvalidInput, RequestError, ServerError
 from edgesched.sched import Policy
+from edgesched.sched.batching import BatchLatency
 from edgesched.sched.drift import Drift, describe
 from edgesched.sched.health import Health
 from edgesched.sched.lifecycle import Answer, Buffers, Lifecycle, Outcome, Submission, Update
+from edgesched.sched.profile import Profile
 from edgesched.stats import Stats
 from edgesched.types import Completion, Launch, ModelInfo, Timings
 
@@ -50,14 +52,21 @@ class Engine:
                  clock: Callable[[], float] = time.monotonic, stats: Stats | None = None,
                  launch_timeout_s: float | None = None, health: Health | None = None,
                  drift: Drift | None = None,
-                 drift_cause: Callable[[str], str | None] | None = None):
+                 drift_cause: Callable[[str], str | None] | None = None,
+                 profile: Profile | None = None):
         """drift: measured/expected per model and slice (None: no usable profile);
-        drift_cause(model): what telemetry shows changed, asked only when drift begins."""
+        drift_cause(model): what telemetry shows changed, asked only when drift begins;
+        profile: its latency per batch size sizes batches (None: the policy's profile, if
+        it has one; else batches are sized by what this engine has seen of them)."""
         self.backend = backend
         self.policy = policy
         self.models = dict(models)
+        profile = profile if profile is not None else getattr(policy, "profile", None)
         self.life = Lifecycle(self.models, backend.num_streams, queue_depth=queue_depth,
-                              launch_timeout_s=launch_timeout_s, health=health)
+                              launch_timeout_s=launch_timeout_s, health=health,
+                              batch_latency=BatchLatency(profile.batch_seconds())
+                              if profile is not None else None)
+        self._unit_outputs: dict[int, dict[str, np.ndarray]] = {}  # a batch's, until split
         self.state, self.health = self.life.state, self.life.health
         self.stats = stats or Stats({m.name: m.slo_ms for m in models.values()})
         self.stats.set_streams(backend.num_streams)
@@ -83,9 +92,12 @@ class Engine:
         self._retiring_keys: set[str] = set()
 
     # --- any thread -------------------------------------------------------------------------
-    def submit(self, submission: Submission) -> None:
+    def submit(self, submission: Submission, ring: bool = True) -> None:
+        """ring=False: only from the engine's own thread between steps (the server's loop),
+        where the next step takes the inbox anyway."""
         self._inbox.append(submission)
-        self.doorbell.ring()
+        if ring:
+            self.doorbell.ring()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run fn on the engine thread before the next step's intake (a reload's changes)."""
@@ -119,7 +131,8 @@ class Engine:
         now = self._clock()
         self._carry_out(self.life.intake(self._take_inbox(), now))
         plan = self.policy.plan(self.state, now)
-        self._carry_out(self.life.launched(plan, now))
+        if plan.launches or plan.rejects:      # most waits' plans are empty: nothing to do
+            self._carry_out(self.life.launched(plan, now))
         completions = self.backend.poll(self._wait_s(now, max_wait_s))
         if self._renamed:
             completions = [self._restore(c) for c in completions]
@@ -191,6 +204,8 @@ class Engine:
         return c if launch is None else dataclasses.replace(c, launch=launch)
 
     def _started(self, launch: Launch) -> None:
+        if self.drift is None:
+            return       # who ran alone matters to drift only (and this runs per launch)
         on_stream = self._on_stream
         for entry in on_stream.values():
             entry[1] = False
@@ -200,12 +215,15 @@ class Engine:
         for c in completions:
             seconds = c.finished_s - c.started_s
             self.stats.stream_busy(c.launch.stream, seconds)
+            if self.drift is None:
+                continue
             entry = self._on_stream.get(c.launch.stream)
-            if entry is None or entry[0] != c.launch:
+            if entry is None or (entry[0] is not c.launch and entry[0] != c.launch):
                 continue
             del self._on_stream[c.launch.stream]
-            if self.drift is None or not entry[1] or c.error is not None:
-                continue
+            if self.drift is None or not entry[1] or c.error is not None or \
+                    self.life.batched(c.launch.request_id):
+                continue      # (a batch's slice takes longer than the profile's lone one)
             event = self.drift.observe(c.launch.model, c.launch.slice_index, seconds, now)
             if event is not None:
                 cause = None
@@ -226,7 +244,7 @@ class Engine:
 
     def _carry_out(self, update: Update) -> None:
         if not (update.staged or update.launches or update.answers or update.freed
-                or update.depths or update.notices):
+                or update.depths or update.notices or update.batches):
             return      # most steps' intake or update: nothing to do, and this runs 3x a step
         backend = self.backend
         for level, message in update.notices:
@@ -238,6 +256,8 @@ class Engine:
                 backend.stage(request.id, key, inputs)
             except InvalidInput as e:            # fits the model's specs, not the engine's
                 refused.append((request, e))
+        for head, inputs, others in update.batches:
+            self._stage_batch(head, inputs, others)
         for launch in update.launches:
             key = self._keys.get(launch.request_id, launch.model)
             if key != launch.model:
@@ -256,9 +276,46 @@ class Engine:
         for request, error in refused:        # after this update's queue depths, not before
             self._carry_out(self.life.refused(request, error))
 
+    def _stage_batch(self, head, inputs, others: tuple[int, ...]) -> None:
+        """A batch's head now carries the members' inputs; their own copies are freed once
+        the backend took the batch's (if it refuses them, the batch is undone)."""
+        backend, key = self.backend, self._keys.get(head.id, head.model)
+        backend.release(head.id)
+        try:
+            backend.stage(head.id, key, inputs)
+        except InvalidInput as e:      # a batch shape outside the engine's range
+            alone, warning = self.life.unbatch(head, e)
+            log.warning("%s", warning)
+            backend.stage(head.id, key, alone)      # as it was staged at admission
+            return
+        for rid in others:
+            backend.release(rid)
+            self._keys.pop(rid, None)
+
+    def _rows(self, answer: Answer) -> dict[str, np.ndarray] | None:
+        """A batch member's rows of its batch's outputs (fetched once, with the first member's
+        answer); None when an output's first dimension is not the batch's rows."""
+        unit, first, end, rows = answer.part
+        outputs = self._unit_outputs.get(unit)
+        if outputs is None:
+            outputs = self._unit_outputs[unit] = self.backend.fetch(unit)
+        if end == rows:
+            del self._unit_outputs[unit]
+        if any(a.shape[:1] != (rows,) for a in outputs.values()):
+            return None
+        return {name: a[first:end] for name, a in outputs.items()}
+
     def _answer(self, answer: Answer) -> None:
         request, outputs = answer.request, None
-        if answer.buffers is Buffers.FETCH:
+        if answer.part is not None:
+            outputs = self._rows(answer)
+            if outputs is None:
+                self.life.batches.off.add(request.model)
+                answer = dataclasses.replace(answer, outcome=Outcome.FAILED, timings=None,
+                                             part=None, error=ServerError(
+                    f"model {request.model!r}: a batch's outputs do not have the batch's "
+                    "rows as their first dimension, so they cannot be split"))
+        elif answer.buffers is Buffers.FETCH:
             outputs = self.backend.fetch(request.id)
         elif answer.buffers is Buffers.RELEASE:
             self.backend.release(request.id)

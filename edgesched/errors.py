@@ -103,6 +103,20 @@ class ServerError(RequestError):
     code = "SERVER_ERROR"
 
 
+class NotPermitted(RequestError):
+    """A model control request (load, unload) from a client that is not an admin
+    (`server.admin_group`, `server.admin_keys`); nothing was changed."""
+
+    code = "NOT_PERMITTED"
+
+
+class ModelChangeRefused(RequestError):
+    """A model load or unload that was not applied (a bad entry, a model file that does not
+    load or warm up, the last model served): the served set is unchanged."""
+
+    code = "MODEL_CHANGE_REFUSED"
+
+
 class ServerUnavailable(RequestError):
     """No reply from the server within the client's timeout (not running, or restarted)."""
 
@@ -111,7 +125,7 @@ class ServerUnavailable(RequestError):
 
 _BY_CODE = {cls.code: cls for cls in (
     UnknownModel, InvalidInput, MessageTooLarge, DeadlineExceeded, Overloaded, ShuttingDown,
-    ModelUnavailable, ServerError, ServerUnavailable,
+    ModelUnavailable, ServerError, ServerUnavailable, NotPermitted, ModelChangeRefused,
 )}
 
 

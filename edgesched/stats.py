@@ -1,4 +1,4 @@
-"""Per-model service statistics, written by the engine thread and read by the IO thread.
+"""Per-model service statistics, written by the engine thread and read by others (metrics, top).
 
 SLO attainment = requests answered successfully within the model's SLO / requests the service
 was responsible for (completed + failed + expired + rejected). Malformed requests (a client
@@ -51,6 +51,7 @@ class ModelStats:
         self._latency_ms = np.zeros(WINDOW)
         self._n = 0
         self._hist = {name: _Histogram() for name in TIMES}
+        self._hists = (self._hist["total"], self._hist["queue"], self._hist["device"])
 
     def snapshot(self) -> dict:
         """The counters and a copy of the window: the caller holds the lock for this only."""
@@ -95,18 +96,26 @@ class Stats:
 
     def completed(self, model: str, total_ms: float, queue_ms: float | None = None,
                   device_ms: float | None = None) -> None:
+        # Once per answered request on the engine thread: the histograms' observe() inline.
         with self._lock:
             m = self._models[model]
             m._latency_ms[m._n % WINDOW] = total_ms
             m._n += 1
-            m._c.completed += 1
-            m._c.slo_met += total_ms <= m.slo_ms
-            hist = m._hist
-            hist["total"].observe(total_ms / 1e3)
+            c = m._c
+            c.completed += 1
+            c.slo_met += total_ms <= m.slo_ms
+            total, queue, device = m._hists
+            seconds = total_ms / 1e3
+            total.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+            total.sum_s += seconds
             if queue_ms is not None:
-                hist["queue"].observe(queue_ms / 1e3)
+                seconds = queue_ms / 1e3
+                queue.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+                queue.sum_s += seconds
             if device_ms is not None:
-                hist["device"].observe(device_ms / 1e3)
+                seconds = device_ms / 1e3
+                device.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+                device.sum_s += seconds
 
     def stream_busy(self, stream: int, seconds: float) -> None:
         """A launch held `stream` for `seconds` (engine thread only; a float add, no lock: a

@@ -79,6 +79,18 @@ def format_shape(shape: tuple[int | None, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class BatchConfig:
+    """A model's `batch:` setting: requests of it waiting together may run as one batch."""
+
+    max_size: int                    # rows (the inputs' dim 0, summed over members) per batch
+    wait_ms: float = 0.0             # a batch short of max_size may wait this long after its
+    #                                  first member's arrival for more, where the slack allows
+
+    def to_json(self) -> dict:
+        return {"max": self.max_size, **({"wait_ms": self.wait_ms} if self.wait_ms else {})}
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a backend reports about a loaded model: its interface and how it is cut."""
 
@@ -93,6 +105,7 @@ class ModelInfo:
     # input -> the configured shape or range (`shapes:`); a request outside it is refused.
     # Inputs not in it take whatever their TensorSpec allows.
     shapes: Mapping[str, "ShapeRange"] = field(default_factory=dict, hash=False)
+    batch: BatchConfig | None = None   # None: every request runs alone (sched/batching.py)
 
     def check_inputs(self, tensors: Mapping[str, np.ndarray]) -> str | None:
         """Why `tensors` are not a request's inputs to this model (the names, then each
@@ -125,7 +138,8 @@ class ModelInfo:
                 "slo_ms": self.slo_ms, "priority": self.priority.value,
                 "instances": self.instances,
                 **({"shapes": {k: r.to_json() for k, r in self.shapes.items()}}
-                   if self.shapes else {})}
+                   if self.shapes else {}),
+                **({"batch": self.batch.to_json()} if self.batch else {})}
 
 
 @dataclass(frozen=True)

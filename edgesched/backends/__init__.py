@@ -8,6 +8,7 @@ from typing import Iterable, Mapping, Protocol
 
 from edgesched.backends.base import Backend, LoadedModel
 from edgesched.errors import BackendUnavailable
+from edgesched.sched.batching import check_batchable
 from edgesched.shapes import ShapeRange, check
 from edgesched.types import BackendName, ModelInfo, Priority
 
@@ -68,7 +69,9 @@ def load_models(backend: Backend, entries: Iterable[ModelEntry]) -> dict[str, Mo
                   else backend.load(m.name, m.path, m.instances))
         check(m.name, loaded.inputs, shapes)
         models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
-                                   m.slo_ms, m.priority, m.instances, str(m.path), shapes)
+                                   m.slo_ms, m.priority, m.instances, str(m.path), shapes,
+                                   getattr(m, "batch", None))
+        check_batchable(models[m.name])      # ShapeError: a model that cannot batch
     return models
 
 

@@ -9,13 +9,13 @@ memory), so the engine only hands over inputs once (`stage`) and takes outputs o
 """
 from __future__ import annotations
 
-import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Protocol
 
 import numpy as np
 
+from edgesched.backends.doorbell import Doorbell
 from edgesched.types import Completion, Launch, TensorSpec
 
 if TYPE_CHECKING:
@@ -45,6 +45,13 @@ class Backend(Protocol):
         """Free what `load` made for `model` (a reload removed it). The engine calls it only
         once no request of the model is staged or running."""
 
+    def footprint_bytes(self, model: str) -> int:
+        """What loaded `model` holds in memory the budget (`limits.device_memory_mb`) counts,
+        in bytes: device memory on TensorRT (on a Jetson that is the DRAM the CPU shares),
+        the session's memory on ONNX Runtime, the weights and activations of the simulated
+        device. Measured or estimated once, at `load`; each backend says how in its own
+        footprint helper."""
+
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
         """Take a request's (already validated) inputs before its first launch."""
 
@@ -67,30 +74,4 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class Doorbell:
-    """The engine's one wake-up. Any thread rings it (a submission, a stop); a thread-based
-    backend's workers ring it with their finished launches as the news. The engine thread
-    waits on it inside `Backend.poll`. A ring that comes before the wait is not lost: it ends
-    the next wait at once. A SimpleQueue, not a threading.Event: its put and get are C calls,
-    where an Event takes a Python-level Condition on both sides of every request."""
-
-    def __init__(self) -> None:
-        self._news: queue.SimpleQueue = queue.SimpleQueue()
-
-    def ring(self, news=None) -> None:
-        self._news.put(news)
-
-    def wait(self, timeout_s: float) -> list:
-        """The news so far (rings without news dropped); if there is none yet, waits up to
-        timeout_s seconds for the first ring."""
-        try:
-            first = self._news.get(timeout=timeout_s) if timeout_s > 0 else \
-                self._news.get_nowait()
-        except queue.Empty:
-            return []
-        items = [first]
-        while True:
-            try:
-                items.append(self._news.get_nowait())
-            except queue.Empty:
-                return [item for item in items if item is not None]
+__all__ = ["Backend", "Doorbell", "LoadedModel"]

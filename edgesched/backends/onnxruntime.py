@@ -41,8 +41,9 @@ from typing import Mapping
 import numpy as np
 
 from edgesched import dtypes
-from edgesched.backends import cpu_probes
+from edgesched.backends import cpu_probes, ort_footprint
 from edgesched.backends.base import Doorbell, LoadedModel
+from edgesched.backends.blobs import Blobs
 from edgesched.errors import BackendUnavailable, ModelLoadError
 from edgesched.modelfiles.manifest import MANIFEST_NAME, read_manifest
 from edgesched.modelfiles.shaping import slice_shapes
@@ -116,6 +117,8 @@ class OnnxRuntimeBackend:
         self._threads_per_stream = threads_per_stream
         self._slices: dict[str, list[_Slice]] = {}
         self._outputs: dict[str, tuple[str, ...]] = {}
+        self._footprints: dict[str, ort_footprint.Measured] = {}    # model -> its load's
+        self.blobs: Blobs | None = None    # model files kept in host RAM (serve/residency.py)
         # request id -> (model, its live tensors: inputs, then every slice's outputs,
         #                synthetic: staged with no tensors, so missing inputs are zeros)
         self._tensors: dict[int, tuple[str, dict[str, np.ndarray], bool]] = {}
@@ -141,8 +144,11 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = self._threads_per_stream
         options.inter_op_num_threads = 1
         options.log_severity_level = 3          # errors only: warnings go to our logs, not stderr
+        # Under a memory budget the file is kept in host RAM (blobs.py) and the session is
+        # made from that copy: a model reloaded after an eviction skips the disk.
+        source = str(path) if self.blobs is None else self.blobs.source(path)
         try:
-            return self._ort.InferenceSession(str(path), options,
+            return self._ort.InferenceSession(source, options,
                                               providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -154,12 +160,15 @@ class OnnxRuntimeBackend:
         limited by them here (the server checks configured ranges)."""
         path = Path(path)
         manifest = None
+        if self.blobs is not None:        # under a budget: measure this model, not ORT's setup
+            ort_footprint.settle(self._ort)
+        rss_before = ort_footprint.rss_bytes()
         if path.is_dir():
             loaded, slices, manifest = self._load_sliced(path)
         elif path.suffix in (".engine", ".plan", ".trt"):
             raise ModelLoadError(f"{path}: a TensorRT engine; the onnxruntime backend needs a "
                                  ".onnx file or a sliced directory with manifest.json")
-        elif path.is_file():
+        elif path.is_file() or (self.blobs is not None and path in self.blobs):  # kept bytes
             session = self._session(path)
             inputs = tuple(_spec(a) for a in session.get_inputs())
             outputs = tuple(_spec(a) for a in session.get_outputs())
@@ -168,11 +177,18 @@ class OnnxRuntimeBackend:
         else:
             raise ModelLoadError(f"{path}: no such file or directory")
         _synthetic_shapes(model, slices, loaded, manifest, shapes)
+        files = [manifest.slice_path(e) for e in manifest.slices] if manifest else [path]
+        self._footprints[model] = ort_footprint.Measured(rss_before, files, self.blobs)
         self._slices[model] = slices
         self._outputs[model] = tuple(t.name for t in loaded.outputs)
         return loaded
 
+    def footprint_bytes(self, model: str) -> int:
+        """RSS growth while its sessions were made, at least its weights (ort_footprint.py)."""
+        return self._footprints[model].bytes()
+
     def unload(self, model: str) -> None:
+        self._footprints.pop(model, None)
         self._slices.pop(model, None)        # its sessions close when the last reference goes
         self._outputs.pop(model, None)
 

@@ -15,6 +15,7 @@ shapes, costed on first sight and cached.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -45,6 +46,8 @@ HIGH_PRIORITY_STREAM = 0
 PRIORITY_LEAK = 0.2     # share of low-priority SM pressure still felt by high-priority work
 CACHE_GAMMA = 0.4       # memory-time stretch per unit of others' bandwidth use (EMC/L2 term)
 NOISE_SIGMA = 0.03      # lognormal sigma of a launch's run time
+NOISE_BATCH = 256       # noise factors drawn at once
+CONTENTION_CACHED = 4096   # distinct running sets whose contention is kept
 SHAPES_CACHED = 32      # per model: request shapes whose work and outputs are kept
 SHAPE_HINT = ("`shapes: {{{name}: {list}}}` (a size for each ?) on the model in the config or "
               "workload file")
@@ -62,18 +65,46 @@ class _Source:
     opt_outputs: dict | None = None                 # output shapes at `opt`
 
 
-@dataclass
-class _Job:
-    launch: Launch | None          # None for a probe
-    work: SliceWork
-    started_s: float
-    scale: float                   # noise factor on this launch's solo time
-    remaining: float = 1.0         # fraction of the job left
+def fast_constructor(cls, *names: str):
+    """cls(*values for names), the other fields at their defaults, without a frozen
+    dataclass's object.__setattr__ per field (~0.1 us each): for the value made once per
+    simulated launch. The plain constructor where that shortcut would not be the same."""
+    fields = dataclasses.fields(cls)
+    defaults = {f.name: f.default for f in fields if f.name not in names}
+    if (hasattr(cls, "__slots__") or hasattr(cls, "__post_init__")
+            or {f.name for f in fields[:len(names)]} != set(names)
+            or dataclasses.MISSING in defaults.values()):
+        return cls
+    new = object.__new__
 
-    @property
-    def high(self) -> bool:
-        """On the high-priority stream (probes never are)."""
-        return self.launch is not None and self.launch.stream == HIGH_PRIORITY_STREAM
+    def make(*values):
+        made = new(cls)
+        state = made.__dict__
+        state.update(defaults)
+        state.update(zip(names, values))
+        return made
+    return make
+
+
+_completion = fast_constructor(Completion, "launch", "started_s", "finished_s")
+
+
+class _Job:
+    """One running launch (or probe): a fluid job. A plain class with slots, not a dataclass:
+    one is made per launch, on the simulator's hot path."""
+
+    __slots__ = ("launch", "work", "started_s", "scale", "remaining", "high", "sig")
+
+    def __init__(self, launch: Launch | None, work: SliceWork, started_s: float,
+                 scale: float) -> None:
+        self.launch = launch           # None for a probe
+        self.work = work
+        self.started_s = started_s
+        self.scale = scale             # noise factor on this launch's solo time
+        self.remaining = 1.0           # fraction of the job left
+        # On the high-priority stream (probes never are).
+        self.high = launch is not None and launch.stream == HIGH_PRIORITY_STREAM
+        self.sig: tuple[int, int] = (0, id(work))   # (its key in _jobs, id(work)): set there
 
 
 def _specs_from_graph(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], ...]:
@@ -110,6 +141,7 @@ class SimBackend:
         self.num_streams = streams
         self._rng = random.Random(seed)     # per-launch draws: Python's is ~10x cheaper here
         self._sigma = noise_sigma
+        self._noises: list[float] = []      # drawn ahead, next one last (`_noise`)
         self._realtime = realtime
         self._make_outputs = outputs     # False: fetch returns {} (simulate reads no tensors)
         self._doorbell = Doorbell()         # real time: a ring ends a poll's sleep early
@@ -125,7 +157,11 @@ class SimBackend:
         self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
         # _durations() while the set of jobs is unchanged (None: recompute): contention
         # depends only on who runs, and most polls see the same set as the one before.
-        self._durations_now: dict[int, float] | None = None
+        self._durations_now: list[float] | None = None
+        # _Job.sig (stream, id(work)) per job, in order -> _contended(): the same few sets
+        # recur.
+        self._contention: dict[tuple, tuple] = {}
+        self._load_now = (0.0, 0.0)    # (SM busy, bandwidth) of the jobs in _durations_now
         self._probe_ids = 0
         self._busy_integral = self._traffic_integral = 0.0   # for telemetry()
         self._slowdowns: list[tuple[float, float]] = []     # (from virtual s, time factor)
@@ -226,6 +262,14 @@ class SimBackend:
         self._outputs[model] = tuple(outputs)
         return LoadedModel(tuple(inputs), tuple(outputs), len(works))
 
+    def footprint_bytes(self, model: str) -> int:
+        """Weights + activations from its graphs (sim_footprint.py); 0 for a model loaded
+        from work or a profile: it has no graph to read them from."""
+        from edgesched.backends import sim_footprint
+        source = self._sources.get(model)
+        return 0 if source is None else sim_footprint.model_bytes(source.path, source.manifest,
+                                                                  source.opt)
+
     def unload(self, model: str) -> None:
         for held in (self._work, self._outputs, self._sources):
             held.pop(model, None)
@@ -249,7 +293,8 @@ class SimBackend:
             raise RuntimeError(f"stream {launch.stream} is busy")
         shaped = self._request_shapes.get(launch.request_id)
         work = (shaped[0] if shaped else self._work[launch.model])[launch.slice_index]
-        self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
+        job = self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
+        job.sig = (launch.stream, id(work))
         self._durations_now = None
 
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
@@ -258,7 +303,8 @@ class SimBackend:
         key = -self._probe_ids
         work = SliceWork(0.0, seconds * 1e6 * (1 - min(mem, 1.0)), seconds * 1e6 * min(mem, 1.0),
                          sm, mem, 1, sm, mem)
-        self._jobs[key] = _Job(None, work, self._now, 1.0)
+        job = self._jobs[key] = _Job(None, work, self._now, 1.0)
+        job.sig = (key, id(work))
         self._durations_now = None
         return key
 
@@ -267,7 +313,15 @@ class SimBackend:
         self._durations_now = None
 
     def _noise(self) -> float:
-        return math.exp(self._rng.gauss(0.0, self._sigma)) if self._sigma else 1.0
+        """The next launch's noise factor. Drawn NOISE_BATCH at a time (the same draws in
+        the same order as one by one: only launches use this generator)."""
+        if not self._sigma:
+            return 1.0
+        if not self._noises:
+            gauss, sigma, exp = self._rng.gauss, self._sigma, math.exp
+            self._noises = [exp(gauss(0.0, sigma)) for _ in range(NOISE_BATCH)]
+            self._noises.reverse()          # pop() from the end takes them in drawn order
+        return self._noises.pop()
 
     def poll(self, timeout_s: float) -> list[Completion]:
         """Advance virtual time to the next completion, or by timeout_s if none comes sooner."""
@@ -280,7 +334,7 @@ class SimBackend:
         self._catch_up()
         if not self._ready:
             durations = self._durations()
-            due = [j.remaining * durations[k] for k, j in self._jobs.items() if j.launch]
+            due = [j.remaining * d for j, d in zip(self._jobs.values(), durations) if j.launch]
             wait = min([timeout_s, *due]) if due else timeout_s
             self._doorbell.wait(wait)
             self._catch_up()
@@ -293,43 +347,73 @@ class SimBackend:
             self._ready.extend(batch)
 
     def _poll_until(self, target: float) -> list[Completion]:
+        """Advance to the first completion (or to `target`): once per engine step, so kept
+        to one pass over the jobs to find it and one to collect what ended."""
         jobs = self._jobs
-        durations = self._durations()
-        slices = [(j.remaining * durations[k], k) for k, j in jobs.items() if j.launch is not None]
-        if not slices:
-            self._advance(target - self._now, durations)
-            return []
-        step, first = min(slices)
-        if self._now + step > target:
+        durations = self._durations_now
+        if durations is None or self._slowdowns:
+            durations = self._durations()
+        step = first = None         # the earliest end among launches (ties: lowest key)
+        for (k, j), d in zip(jobs.items(), durations):
+            if j.launch is not None:
+                t = j.remaining * d
+                if step is None or t < step or (t == step and k < first):
+                    step, first = t, k
+        if step is None or self._now + step > target:
             self._advance(target - self._now, durations)
             return []
         self._advance(step, durations)
+        now = self._now
+        ended = [k for k, j in jobs.items()
+                 if j.launch is not None and (k == first or j.remaining <= 1e-12)]
         out = []
-        for _, k in slices:
-            if k == first or jobs[k].remaining <= 1e-12:
-                job = jobs.pop(k)
-                out.append(Completion(job.launch, job.started_s, self._now))
+        for k in ended:
+            job = jobs.pop(k)
+            out.append(_completion(job.launch, job.started_s, now))
         self._durations_now = None
         return out
 
-    def _advance(self, dt: float, durations: dict[int, float]) -> None:
+    def _advance(self, dt: float, durations: list[float]) -> None:
         if dt <= 0:
             return
-        busy = traffic = 0.0
-        for key, job in self._jobs.items():
-            job.remaining -= dt / durations[key]
-            busy += job.work.sm
-            traffic += job.work.mem
-        self._busy_integral += min(busy, 1.0) * dt
-        self._traffic_integral += min(traffic, 1.0) * dt
+        for job, d in zip(self._jobs.values(), durations):
+            job.remaining -= dt / d
+        busy, traffic = self._load_now
+        self._busy_integral += busy * dt
+        self._traffic_integral += traffic * dt
         self._now += dt
 
-    def _durations(self) -> dict[int, float]:
-        """Each job's current total duration in seconds, given who runs beside it now. A job
-        feels contention at its own phase peak (SM fill in its compute-bound kernels, bandwidth
-        in its memory-bound ones) against the others' average use."""
+    def _durations(self) -> list[float]:
+        """Each job's current total duration in seconds, given who runs beside it now, in the
+        order of `_jobs`. Contention depends only on which works run on which streams (in
+        which order: float sums), so each such set's solo-scale durations are computed once
+        (`_contended`) and only each launch's noise and any slow-down apply per call."""
         if self._durations_now is not None and not self._slowdowns:
             return self._durations_now
+        jobs = self._jobs
+        sig = tuple([j.sig for j in jobs.values()])
+        found = self._contention.get(sig)
+        if found is None:
+            if len(self._contention) >= CONTENTION_CACHED:
+                self._contention.clear()
+            found = self._contention[sig] = self._contended()
+        self._load_now = found[1]
+        if self._slowdowns:
+            slowed = self._time_factor()
+            out = [s if (s := b * (j.scale * slowed)) > 1e-9 else 1e-9
+                   for j, b in zip(jobs.values(), found[0])]
+        else:   # scale * 1.0 is scale: the same floats as with a factor
+            out = [s if (s := b * j.scale) > 1e-9 else 1e-9
+                   for j, b in zip(jobs.values(), found[0])]
+        self._durations_now = out
+        return out
+
+    def _contended(self) -> tuple[list[float], tuple[float, float], list[SliceWork]]:
+        """(each job's duration in seconds before noise and slow-downs, (SM busy, bandwidth)
+        fractions for telemetry, the works: kept so that their ids, in the cache's key, are
+        not reused). A job feels contention at its own phase peak (SM fill in its
+        compute-bound kernels, bandwidth in its memory-bound ones) against the others'
+        average use."""
         jobs = self._jobs
         prioritized = self.spec.stream_priorities
         p_hi = p_lo = p_mem = 0.0
@@ -339,14 +423,17 @@ class SimBackend:
             else:
                 p_lo += j.work.sm
             p_mem += j.work.mem
-        out = {}
-        slowed = self._time_factor() if self._slowdowns else 1.0
+        busy = traffic = 0.0
+        for j in jobs.values():
+            busy += j.work.sm
+            traffic += j.work.mem
+        base = []
         # Blocks of high-priority streams are scheduled first; resident low-priority blocks
         # are not preempted, so some capacity always remains.
         left = 1.0 - (1.0 - PRIORITY_LEAK) * (p_hi if p_hi < 1.0 else 1.0)
         if left < 0.1:
             left = 0.1
-        for key, job in jobs.items():
+        for job in jobs.values():
             w = job.work
             if prioritized and job.high:
                 sm_stretch = w.sm_peak + (p_hi - w.sm + PRIORITY_LEAK * p_lo)
@@ -359,11 +446,9 @@ class SimBackend:
             if mem_stretch < 1.0:
                 mem_stretch = 1.0
             mem_stretch *= 1.0 + CACHE_GAMMA * others_mem
-            seconds = (w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch) / 1e6
-            seconds *= job.scale * slowed
-            out[key] = seconds if seconds > 1e-9 else 1e-9
-        self._durations_now = out
-        return out
+            base.append((w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch)
+                        / 1e6)
+        return base, (min(busy, 1.0), min(traffic, 1.0)), [j.work for j in jobs.values()]
 
     def telemetry(self) -> tuple[float, float]:
         """(GPU SM busy fraction, EMC utilization fraction) averaged since the last call, as

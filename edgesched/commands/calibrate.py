@@ -95,7 +95,8 @@ def calibrate(config: Config, runs: int = 5, pairs: int = 40, seed: int = 0,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": {**_versions(), **identity},
             "models": {m.name: {"source": str(m.path), "slices": models[m.name].num_slices,
-                                "shapes": to_json(shapes[m.name])}
+                                "shapes": to_json(shapes[m.name]),
+                                **({"batch": m.batch.to_json()} if m.batch else {})}
                        for m in config.models}}
     return dataclasses.replace(profile, meta=meta)
 
@@ -109,10 +110,15 @@ def report(profile: Profile) -> str:
     rows = [[model, i, d.duration_us, d.sm, d.compute_frac, d.mem]
             for model, demands in profile.demands.items() for i, d in enumerate(demands)]
     p, mape = profile.predictor, profile.meta.get("predictor_mape")
+    batches = [f"{model} batch latency (solo, all slices): " + ", ".join(
+        f"{rows} rows {ms * 1e3:.3f} ms ({ms * 1e3 / rows:.3f}/row)"
+        for rows, ms in sorted(table.items()))
+        for model, table in profile.batch_seconds().items()]
     return "\n".join([
         f"profile of {profile.device} ({profile.meta.get('backend')}, "
         f"{profile.meta.get('pairs', 0)} pair co-runs)",
         format_table(["model", "slice", "solo_us", "sm", "compute_frac", "mem"], rows),
+        *batches,
         f"predictor a={p.a:.3f} b={p.b:.3f} c={p.c:.3f}; held-out error "
         + ("-" if mape is None else f"{100 * mape:.1f}%")])
 

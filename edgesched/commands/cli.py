@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from edgesched.commands.models import add_parser as add_models_parser
+from edgesched.commands.models import run as run_models
 from edgesched.commands.table import format_table
 from edgesched.config import default_endpoint, load_config, validate_endpoint
 from edgesched.errors import ConfigError, EdgeschedError
@@ -210,11 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pipelining client threads")
     soak.add_argument("--json", action="store_true",
                       help="print the result as one JSON object (rows go to stderr)")
+    add_models_parser(sub)
     return parser
 
 
 def _serve(args) -> int:
-    from edgesched.serve.reload import Reloader
     from edgesched.serve.server import Server
     from edgesched.serve.systemd import Notifier
     config = load_config(args.config or default_config())
@@ -228,15 +230,16 @@ def _serve(args) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         # SIGHUP (systemctl reload): re-read the config file (serve/reload.py), not exit.
-        reloader = Reloader(server)
-        signal.signal(signal.SIGHUP, lambda *_: reloader.request())
+        signal.signal(signal.SIGHUP, lambda *_: server.reloader.request())
         serving = (f"serving {', '.join(server.models)} on {server.endpoint} "
                    f"({server.backend.name}, policy {config.scheduler.policy.value})")
         notifier.status(serving)
         print(f"edgesched: {serving}", flush=True)
         if server.metrics is not None:
             print(f"edgesched: metrics on {server.metrics.url}", flush=True)
-        stop.wait()
+        # Handlers run on the main thread, which a signal given to another thread never wakes.
+        while not stop.wait(0.25):
+            pass
         notifier.status("draining in-flight requests")
         print("edgesched: draining", flush=True)
         server.stop()
@@ -423,7 +426,7 @@ def _selftest(args) -> int:
     return selftest(lambda line: print(line, flush=True))
 
 
-COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "top": _top, "demo": _demo, "bench": _bench, "build": _build, "keys": _keys}
+COMMANDS = {"selftest": _selftest, "calibrate": _calibrate, "predict": _predict, "simulate": _simulate, "serve": _serve, "status": _status, "top": _top, "demo": _demo, "bench": _bench, "build": _build, "keys": _keys, "models": run_models}
 
 
 def main(argv: list[str] | None = None) -> int:

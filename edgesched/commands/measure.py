@@ -152,10 +152,12 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                       for p, m in zip(predictor.slowdowns(s.demands), s.slowdowns)]
     except ValueError:       # too few pairs, or none showed contention: keep the default form
         predictor, mape, validation = Predictor(), None, []
+    from edgesched.commands.measure_batch import measure_batches  # it imports this module
     return Profile(device, demands, predictor,
                    {"pairs": len(samples), "predictor_mape": mape, "runs": runs,
                     "validation": validation, **({"node_us": node_us} if node_us else {}),
-                    "method": "solo runs, EMC telemetry, compute probes, pair co-runs"})
+                    "method": "solo runs, EMC telemetry, compute probes, pair co-runs"},
+                   measure_batches(backend, models, runs))
 
 
 def _compute_from_probes(runner: _Runner, model: str, index: int, solo_s: float,

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgesched.batch_config import check_batch
+
 # Private helpers of config.py, imported so both files check values and word errors the same way.
 from edgesched.config import (
     _ABSENT,
@@ -39,7 +41,7 @@ from edgesched.config import (
 )
 from edgesched.errors import ConfigError
 from edgesched.shapes import ShapeRange
-from edgesched.types import Priority
+from edgesched.types import BatchConfig, Priority
 
 ARRIVAL_KINDS = ("periodic", "poisson", "closed")
 MAX_SLICES = 16
@@ -58,6 +60,8 @@ class Arrival:
     concurrency: int | None = None    # closed: requests in flight, re-submitted on completion
     phase_ms: float = 0.0             # periodic: time of the first arrival
     jitter_ms: float = 0.0            # periodic: each arrival is late by uniform [0, jitter_ms)
+    sources: int = 1                  # periodic: independent cameras at `fps` each, all at
+    #                                   `phase_ms`, each frame late by its own jitter
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class WorkloadModel:
     # input -> fixed shape or range (edgesched.shapes): required for each dynamic input,
     # the model is sliced and costed at opt
     shapes: dict[str, ShapeRange] = dataclasses.field(default_factory=dict, hash=False)
+    batch: BatchConfig | None = None  # as in the server config (batch_config.py); None: off
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class _Periodic:
     fps: float
     phase_ms: float = 0.0
     jitter_ms: float = 0.0
+    sources: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def _non_negative(v: Any) -> float:
 _KIND = _one_of(ARRIVAL_KINDS)
 _ARRIVALS: dict[str, tuple[type, _Checks]] = {
     "periodic": (_Periodic, {"kind": _KIND, "fps": _positive, "phase_ms": _non_negative,
-                             "jitter_ms": _non_negative}),
+                             "jitter_ms": _non_negative, "sources": _integer(1, 64)}),
     "poisson": (_Poisson, {"kind": _KIND, "rate_rps": _positive}),
     "closed": (_Closed, {"kind": _KIND, "concurrency": _integer(1, 64)}),
 }
@@ -180,7 +186,7 @@ def _models(source: str, data: Any, base_dir: Path) -> tuple[WorkloadModel, ...]
             "slices": _slices, "slo_ms": _positive,
             "priority": _one_of(Priority),
             "arrival": lambda v, p=f"{prefix}.arrival": _arrival(source, p, v),
-            "instances": _integer(1, 16), "shapes": _shapes,
+            "instances": _integer(1, 16), "shapes": _shapes, "batch": check_batch,
         }
         model = WorkloadModel(**_fields(source, prefix, entry, WorkloadModel, checks))
         for j, earlier in enumerate(models):
@@ -218,7 +224,8 @@ def arrival_times(arrival: Arrival, duration_s: float, rng: np.random.Generator)
     """Open-loop arrival times in seconds, ascending, within [0, duration_s).
 
     Periodic: phase + k / fps, each late by uniform [0, jitter) when jitter is set (k / fps, not
-    a running sum, so there is no drift). Poisson: exponential gaps drawn from `rng`. Closed:
+    a running sum, so there is no drift); `sources` cameras each give one such frame per
+    period, each with its own jitter draw. Poisson: exponential gaps drawn from `rng`. Closed:
     [] (the simulator submits `concurrency` requests at 0 and one more per completion).
     """
     if arrival.kind == "closed" or duration_s <= 0:
@@ -227,9 +234,10 @@ def arrival_times(arrival: Arrival, duration_s: float, rng: np.random.Generator)
         assert arrival.fps is not None
         phase_s = arrival.phase_ms / 1000.0
         count = max(0, math.ceil((duration_s - phase_s) * arrival.fps))
-        times = phase_s + np.arange(count) / arrival.fps
+        times = np.repeat(phase_s + np.arange(count) / arrival.fps, arrival.sources)
         if arrival.jitter_ms > 0:
-            times = times + rng.uniform(0.0, arrival.jitter_ms / 1000.0, size=count)
+            times = times + rng.uniform(0.0, arrival.jitter_ms / 1000.0, size=times.size)
+        times = np.sort(times)
     elif arrival.kind == "poisson":
         assert arrival.rate_rps is not None
         chunks, end = [], 0.0

@@ -29,6 +29,8 @@ from edgesched.errors import (
     RequestError,
     ServerError,
 )
+from edgesched.sched.batch_units import HOLD, Batches
+from edgesched.sched.batching import BatchLatency
 from edgesched.sched.health import Health, signature
 from edgesched.sched.state import Request, SchedState
 from edgesched.types import Completion, Launch, ModelInfo, Plan, Priority, Timings
@@ -70,11 +72,18 @@ class Answer:
     buffers: Buffers
     error: RequestError | None = None
     timings: Timings | None = None     # set for COMPLETED only
+    # A member of a batch (sched/batch_units.py), COMPLETED: its outputs are rows [first,
+    # end) of the outputs of request `unit` (rows in all), whose buffers the engine fetches
+    # once: (unit, first, end, rows). None: a request run alone, or a batch that failed.
+    part: tuple[int, int, int, int] | None = None
 
 
 @dataclass
 class Update:
     staged: list[tuple[Request, Mapping]] = field(default_factory=list)  # admitted: stage inputs
+    # A batch formed: (its head, the inputs it runs now, members whose own copies to free once
+    # those are staged): release the head's copy, stage these, then free the members'.
+    batches: list[tuple[Request, Mapping, tuple[int, ...]]] = field(default_factory=list)
     launches: list[Launch] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
     freed: list[int] = field(default_factory=list)   # request ids: a stuck launch ended
@@ -86,7 +95,10 @@ class Update:
 
 class Lifecycle:
     def __init__(self, models: Mapping[str, ModelInfo], num_streams: int, *, queue_depth: int,
-                 launch_timeout_s: float | None = None, health: Health | None = None):
+                 launch_timeout_s: float | None = None, health: Health | None = None,
+                 batch_latency: BatchLatency | None = None):
+        """batch_latency: predicted solo time per batch size (the profile's), for models with
+        `batch:` configured."""
         self.models = dict(models)
         self.state = SchedState(self.models, num_streams)
         self.health = health or Health(self.models, unhealthy_after=3, retry_s=5.0)
@@ -97,12 +109,15 @@ class Lifecycle:
         self._deadlines: list[tuple[float, int]] = []          # heap of (deadline s, id)
         self._timeouts: list[tuple[float, int, int]] = []      # heap of (give up s, id, slice)
         self._shapes: dict[int, tuple] = {}     # admitted request id -> its input signature
+        self.batches = Batches(batch_latency)
+        self.batches.set_models(self.models)
 
     def set_models(self, models: Mapping[str, ModelInfo]) -> None:
         """A reload's model set; health entries follow (new ones healthy)."""
         self.models = dict(models)
         self.state.set_models(self.models)
         self.health.set_models(self.models)
+        self.batches.set_models(self.models)
 
     # --- queries --------------------------------------------------------------------------
     def wait_s(self, now: float, max_wait_s: float) -> float:
@@ -113,13 +128,22 @@ class Lifecycle:
         for heap in (self._deadlines, timeouts):
             if heap:
                 max_wait_s = min(max_wait_s, max(heap[0][0] - now, 0.0))
+        holds = self.batches.holds
+        if holds:                         # a short batch waiting for company: its wait's end
+            max_wait_s = min(max_wait_s, max(min(holds.values()) - now, 0.0))
         return max_wait_s
+
+    def batched(self, request_id: int) -> bool:
+        """The request runs a batch of several (its run times are not a lone request's)."""
+        return request_id in self.batches.units
 
     # --- transitions ----------------------------------------------------------------------
     def intake(self, submissions: Iterable[Submission], now: float) -> Update:
         out = Update()
         for sub in submissions:
             self._admit(out, sub, now)
+        if self.batches.holds:
+            self.batches.release(self.state, now)
         self._expire(out, now)
         if self.state.stuck and len(self.state.stuck) == self.state.num_streams:
             self._fail_waiting(out, None, ServerError(
@@ -134,13 +158,38 @@ class Lifecycle:
             self._fail(out, request, DeadlineExceeded(
                 f"model {request.model!r}: the deadline cannot be met (rejected early)"),
                 Outcome.EXPIRED)
+        batches = self.batches
         for launch in plan.launches:
+            unit = None
+            if launch.slice_index == 0 and batches.limit(launch.model):
+                if launch.request_id in batches.joined:
+                    continue                  # it joined a batch launched earlier in this plan
+                unit = batches.form(self.state, launch, now)
+                if unit is HOLD:
+                    continue
             self.state.start(launch, now)
+            if unit is not None:
+                head = self.state.requests[launch.request_id]
+                inputs, others = batches.start(unit, self.state)
+                self._shapes[head.id] = signature(inputs)
+                if head.deadline_s is not None:
+                    heapq.heappush(self._deadlines, (head.deadline_s, head.id))
+                out.batches.append((head, inputs, others))
             if self.launch_timeout_s is not None:
                 heapq.heappush(self._timeouts, (now + self.launch_timeout_s,
                                                 launch.request_id, launch.slice_index))
             out.launches.append(launch)
         return out
+
+    def unbatch(self, head: Request, error: RequestError) -> tuple[Mapping, str]:
+        """The backend refused a batch's inputs when staging them: the head runs alone (its
+        own inputs returned, to stage instead), the other members wait again, and the model
+        batches no more. Also returns the warning to log."""
+        rows = self.batches.units[head.id].total
+        alone = self.batches.dissolve(head, self.state)
+        self._shapes[head.id] = signature(alone)
+        return alone, (f"model {head.model!r}: a batch of {rows} rows was refused ({error}); "
+                       "batching is off for this model from now on")
 
     def refused(self, request: Request, error: RequestError) -> Update:
         """The backend refused an admitted request's inputs when staging them (a shape outside
@@ -165,6 +214,8 @@ class Lifecycle:
         for sub in submissions:
             self._admit(out, sub, now)
         for request in list(self.state.requests.values()):
+            if request.id in self.batches.joined or request.id not in self.state.requests:
+                continue                      # answered with its batch's head
             self.state.running.pop(request.id, None)
             self._fail(out, request, error, Outcome.FAILED)
         return out
@@ -189,6 +240,7 @@ class Lifecycle:
             self.state.admit(request)
             self._shapes[request.id] = signature(sub.inputs)
             out.staged.append((request, sub.inputs))
+            self.batches.admitted(request, sub.inputs)
             out.depths.append((request.model, self.state.pending(request.model)))
             if request.deadline_s is not None:
                 heapq.heappush(self._deadlines, (request.deadline_s, request.id))
@@ -199,7 +251,10 @@ class Lifecycle:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, rid = heapq.heappop(self._deadlines)
             request = self.state.requests.get(rid)
-            if request is not None and rid not in self.state.running:
+            # (a batch's members expire with its head, at the unit's deadline: batch_units.py)
+            if request is not None and rid not in self.state.running and \
+                    request.deadline_s is not None and request.deadline_s <= now and \
+                    rid not in self.batches.joined:
                 self._fail(out, request, DeadlineExceeded(
                     f"model {request.model!r}: deadline passed after {request.next_slice} of "
                     f"{request.num_slices} slices"), Outcome.EXPIRED)
@@ -207,7 +262,8 @@ class Lifecycle:
     # --- completions ----------------------------------------------------------------------
     def _complete(self, out: Update, c: Completion, now: float) -> None:
         state = self.state
-        if state.running.get(c.launch.request_id) != c.launch:
+        running = state.running.get(c.launch.request_id)
+        if running is not c.launch and running != c.launch:    # `is`: skips a dataclass __eq__
             if state.unstick(c.launch):        # a launch that overran has ended
                 out.notices.append(("warning", (
                     f"stream {c.launch.stream} is free again: model {c.launch.model!r} slice "
@@ -224,7 +280,15 @@ class Lifecycle:
         # deadline that has passed by now (its heap entry may be gone: it was running).
         late = request.deadline_s is not None and (
             now >= request.deadline_s if more else c.finished_s > request.deadline_s)
-        if c.error is not None and c.rejected and self.health.blames_inputs(
+        unit = self.batches.units.get(request.id) if self.batches.units else None
+        if c.error is not None and unit is not None:
+            # The batch's fault, not its members' nor the model's: no health counted.
+            self.batches.off.add(request.model)
+            self._fail(out, request, ServerError(
+                f"model {request.model!r} slice {c.launch.slice_index} failed on a batch of "
+                f"{unit.total} rows: {c.error}; batching is off for this model from now on"),
+                Outcome.FAILED)
+        elif c.error is not None and c.rejected and self.health.blames_inputs(
                 request.model, self._shapes.get(request.id)):
             self.health.rejected(request.model, c.error)
             self._fail(out, request, InvalidInput(
@@ -246,6 +310,10 @@ class Lifecycle:
             state.retire(request)
             timings = Timings((request.first_launch_s - request.arrival_s) * 1e3,
                               request.device_s * 1e3, (c.finished_s - request.arrival_s) * 1e3)
+            if self.batches.limit(request.model):
+                rows = unit.total if unit is not None else self.batches.rows(request.id)
+                if rows:
+                    self.batches.latency.observe(request.model, rows, request.device_s)
             self.health.worked(request.model, self._shapes.get(request.id))
             if self.health.succeeded(request.model):
                 out.notices.append(("warning", f"model {request.model!r} is healthy again"))
@@ -293,7 +361,31 @@ class Lifecycle:
         self._answer(out, Answer(request, outcome, Buffers.RELEASE, error))
 
     def _answer(self, out: Update, answer: Answer) -> None:
+        unit = self.batches.units.pop(answer.request.id, None) if self.batches.units else None
+        if unit is not None:
+            self._answer_members(out, answer, unit)
+            return
         out.answers.append(answer)
         self._shapes.pop(answer.request.id, None)
+        self.batches.forget(answer.request.id)
         model = answer.request.model
         out.depths.append((model, self.state.pending(model)))
+
+    def _answer_members(self, out: Update, answer: Answer, unit) -> None:
+        """A batch's head was answered: every member is, alike; completed ones each with its
+        rows of the outputs and its own times (its own arrival, the batch's launch and end)."""
+        head, first, t = unit.members[0], 0, answer.timings
+        for member, rows in zip(unit.members, unit.rows):
+            if member is not head:
+                del self.batches.joined[member.id]
+                self.state.retire(member)
+            if answer.outcome is Outcome.COMPLETED:
+                ahead_ms = (member.arrival_s - head.arrival_s) * 1e3   # <0: it came first
+                own = Answer(member, answer.outcome, Buffers.FETCH, timings=Timings(
+                    t.queue_ms - ahead_ms, t.device_ms, t.total_ms - ahead_ms),
+                    part=(head.id, first, first + rows, unit.total))
+            else:
+                own = Answer(member, answer.outcome,
+                             answer.buffers if member is head else Buffers.NONE, answer.error)
+            first += rows
+            self._answer(out, own)

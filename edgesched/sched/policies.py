@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Protocol
 from edgesched.errors import ConfigError
 from edgesched.sched.profile import Profile
 from edgesched.sched.state import Request, SchedState
-from edgesched.types import Launch, Plan, PolicyName, Priority
+from edgesched.types import Launch, Plan, PolicyName
 
 
 class Policy(Protocol):
@@ -21,48 +21,63 @@ class Policy(Protocol):
     def plan(self, state: SchedState, now_s: float) -> Plan: ...
 
 
-def _heads(state: SchedState, free: int, realtime_by_urgency: bool) -> list[Request]:
-    """The requests a plan could launch: each ready queue's first few (no more than the
-    slice's free instances or `free` streams), realtime ones by urgency if asked, the others
-    by arrival. Any later request of a queue could only launch after those, on the same terms."""
-    heads: list[Request] = []
+EMPTY = Plan()        # frozen: one shared instance for every plan that launches nothing
+
+
+def _heads(state: SchedState, cap: int, realtime_by_urgency: bool) -> tuple[list, list]:
+    """(realtime, best-effort) entries, (sort key, id, request), that a plan could launch:
+    each ready queue's first few (no more than the slice's free instances or `cap`),
+    realtime ones by urgency if asked, the others by arrival. Any later request of a queue
+    could only launch after those, on the same terms. The hot loop of a plan, once per
+    ready queue: plain attribute, dict and list operations, no tuples built."""
+    realtime: list = []
+    best_effort: list = []
     models, loads = state.models, state.slice_loads
-    for key, queue in state.ready():
-        n = models[key[0]].instances - loads.get(key[:2], 0)
-        if n > 0:
-            if n > free:
-                n = free
-            heads += [e[2] for e in (queue.by_urgency[:n] if key[2] and realtime_by_urgency
-                                     else queue.by_arrival[:n])]
-    return heads
+    for queue in state.ready_queues():
+        n = models[queue.model].instances - loads.get(queue.slice_key, 0)
+        if n <= 0:
+            continue
+        if queue.realtime:
+            entries = queue.by_urgency if realtime_by_urgency else queue.by_arrival
+            out = realtime
+        else:
+            entries, out = queue.by_arrival, best_effort
+        if n == 1 or cap == 1:
+            out.append(entries[0])
+        else:
+            out += entries[:n if n < cap else cap]
+    return realtime, best_effort
 
 
-def _oldest_first(state: SchedState, free: int) -> list[Request]:
-    return sorted(_heads(state, free, False), key=lambda r: r.order_key)
-
-
-def _fill(state: SchedState, candidates: Iterable[Request],
-          pick_stream: Callable[[Request, list[int]], int | None]) -> Plan:
-    """Give each candidate, in order, a free stream while streams and instances last."""
-    free = state.free_streams()
-    if not free:
-        return Plan()
-    load: dict[tuple[str, int], int] = {}
+def _fill(state: SchedState, candidates: Iterable[Request], free: list[int],
+          pick_stream: Callable[[Request, list[int]], int | None] | None = None,
+          stop_on_none: bool = False) -> Plan:
+    """Give each candidate, in order, a free stream (the first, or `pick_stream`'s) while
+    streams and instances last. Candidates come from `_heads`, which took no more of a queue
+    than its slice's free instances: a slice's load is checked only once this plan has
+    launched it (a realtime and a best-effort queue of one slice share its instances)."""
+    taken: dict[tuple[str, int], int] = {}
     launches = []
+    models, loads = state.models, state.slice_loads
     for request in candidates:
         if not free:
             break
         key = (request.model, request.next_slice)
-        used = load.get(key, state.slice_load(*key))
-        if used >= state.models[request.model].instances:
+        used = taken.get(key)
+        if used is not None and loads.get(key, 0) + used >= models[request.model].instances:
             continue
-        stream = pick_stream(request, free)
-        if stream is None:
-            continue
+        if pick_stream is None:
+            stream = free[0]
+        else:
+            stream = pick_stream(request, free)
+            if stream is None:
+                if stop_on_none:
+                    break
+                continue
         free.remove(stream)
-        load[key] = used + 1
+        taken[key] = 1 if used is None else used + 1
         launches.append(Launch(request.id, request.model, request.next_slice, stream))
-    return Plan(tuple(launches))
+    return Plan(tuple(launches)) if launches else EMPTY
 
 
 class Fifo:
@@ -70,8 +85,15 @@ class Fifo:
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
         if state.running or not state.has_ready:
-            return Plan()
-        return _fill(state, _oldest_first(state, 1)[:1], lambda r, free: free[0])
+            return EMPTY
+        free = state.free_streams()
+        if not free:
+            return EMPTY
+        realtime, best_effort = _heads(state, 1, False)
+        if not (realtime or best_effort):
+            return EMPTY
+        r = min(realtime + best_effort)[2]      # oldest (arrival, id) first
+        return Plan((Launch(r.id, r.model, r.next_slice, free[0]),))
 
 
 class Greedy:
@@ -79,9 +101,14 @@ class Greedy:
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
         if len(state.running) >= state.num_streams or not state.has_ready:
-            return Plan()
-        free = state.num_streams - len(state.running)
-        return _fill(state, _oldest_first(state, free), lambda r, free: free[0])
+            return EMPTY
+        free = state.free_streams()
+        if not free:
+            return EMPTY
+        realtime, best_effort = _heads(state, state.num_streams - len(state.running), False)
+        entries = realtime + best_effort
+        entries.sort()                  # (arrival, id): oldest first; ids are unique
+        return _fill(state, [e[2] for e in entries], free)
 
 
 class PriorityStreams:
@@ -89,23 +116,39 @@ class PriorityStreams:
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
         if len(state.running) >= state.num_streams or not state.has_ready:
-            return Plan()
+            return EMPTY
+        free = state.free_streams()
+        if not free:
+            return EMPTY
         high = state.high_priority_streams
-        all_high = state.only_high_priority_usable()
-
-        def pick(request: Request, free: list[int]) -> int | None:
-            if request.priority is Priority.REALTIME:
-                return next((s for s in free if s in high), free[0])
-            return next((s for s in free if all_high or s not in high), None)
-
-        def urgency(r: Request) -> tuple:
-            # Realtime by least slack (earliest objective), then best-effort by arrival.
-            if r.priority is Priority.REALTIME:
-                return (0, r.urgency_s, r.id)
-            return (1, r.arrival_s, r.id)
-
-        heads = _heads(state, state.num_streams - len(state.running), True)
-        return _fill(state, sorted(heads, key=urgency), pick)
+        # Realtime by least slack (earliest objective, then id), then best effort by arrival.
+        realtime, best_effort = _heads(state, state.num_streams - len(state.running), True)
+        realtime.sort()
+        best_effort.sort()
+        taken = {}
+        launches = []
+        if realtime:
+            plan = _fill(state, [e[2] for e in realtime], free,
+                         lambda r, free: next((s for s in free if s in high), free[0]))
+            launches += plan.launches
+            for launch in plan.launches:
+                key = (launch.model, launch.slice_index)
+                taken[key] = taken.get(key, 0) + 1
+        if best_effort and free:
+            all_high = state.only_high_priority_usable()
+            models, loads = state.models, state.slice_loads
+            for _, _, r in best_effort:
+                stream = next((s for s in free if all_high or s not in high), None)
+                if stream is None:
+                    break           # no stream a best-effort slice may take is left
+                key = (r.model, r.next_slice)
+                used = taken.get(key)
+                if used is not None and loads.get(key, 0) + used >= models[r.model].instances:
+                    continue
+                free.remove(stream)
+                taken[key] = 1 if used is None else used + 1
+                launches.append(Launch(r.id, r.model, r.next_slice, stream))
+        return Plan(tuple(launches)) if launches else EMPTY
 
 
 def _interference(profile: Profile | None = None, **options) -> Policy:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from edgesched.types import Launch, ModelInfo, Priority
 
@@ -48,6 +48,8 @@ class Request:
         return d if self.deadline_s is None or d < self.deadline_s else self.deadline_s
 
 
+IDLE_QUEUES = 256      # emptied ready queues kept for reuse (each three empty lists)
+
 # (model, next slice, realtime): a bool, not the Priority enum, because an Enum hashes in
 # Python code and these keys are hashed on every plan.
 QueueKey = tuple[str, int, bool]
@@ -57,9 +59,14 @@ class ReadyQueue:
     """The waiting requests of one (model, next slice, realtime), in the orders policies use.
     Entries are (sort key, id, request): ids are unique, so requests are never compared."""
 
-    __slots__ = ("by_arrival", "by_urgency", "by_deadline")
+    __slots__ = ("by_arrival", "by_urgency", "by_deadline", "key", "model", "index", "realtime",
+                 "slice_key")
 
-    def __init__(self) -> None:
+    def __init__(self, key: QueueKey = ("", 0, False)) -> None:
+        # The key's parts, kept apart so that a plan's loop over queues builds no tuples.
+        self.key = key
+        self.model, self.index, self.realtime = key
+        self.slice_key = key[:2]            # (model, slice): the key of `slice_loads`
         self.by_arrival: list[tuple[float, int, Request]] = []
         self.by_urgency: list[tuple[float, int, Request]] = []    # Request.urgency_s
         self.by_deadline: list[tuple[float, int, Request]] = []   # client deadline only
@@ -68,10 +75,16 @@ class ReadyQueue:
         return len(self.by_arrival)
 
     def add(self, r: Request) -> None:
-        _insort(self.by_arrival, (r.arrival_s, r.id, r))
-        _insort(self.by_urgency, (r.urgency_s, r.id, r))
-        if r.deadline_s is not None:
-            _insort(self.by_deadline, (r.deadline_s, r.id, r))
+        rid = r.id
+        arrival = r.arrival_s
+        _insort(self.by_arrival, (arrival, rid, r))
+        urgency = arrival + r.slo_s                 # r.urgency_s, inline (hot path)
+        deadline = r.deadline_s
+        if deadline is None:
+            _insort(self.by_urgency, (urgency, rid, r))
+        else:
+            _insort(self.by_urgency, (urgency if urgency < deadline else deadline, rid, r))
+            _insort(self.by_deadline, (deadline, rid, r))
 
     def discard(self, r: Request) -> bool:
         """Remove r if queued here; False if it was not."""
@@ -98,6 +111,10 @@ def _insort(entries: list, entry: tuple) -> None:
 
 
 def _remove(entries: list, key: float, r: Request) -> bool:
+    # A launch takes a queue's head: removing the first entry is the common case.
+    if entries and entries[0][2] is r:
+        del entries[0]
+        return True
     i = bisect.bisect_left(entries, (key, r.id))
     if i < len(entries) and entries[i][2] is r:
         del entries[i]
@@ -118,6 +135,7 @@ class SchedState:
     running: dict[int, Launch] = field(default_factory=dict)        # request id -> launch
     # Non-empty queues only, so that iterating them costs per distinct ready slice.
     _queues: dict[QueueKey, ReadyQueue] = field(default_factory=dict)
+    _idle: dict[QueueKey, ReadyQueue] = field(default_factory=dict)   # emptied, for reuse
     _busy_streams: set[int] = field(default_factory=set)
     # stream -> a launch that overran the launch timeout and has not ended: its request was
     # answered and forgotten, but the stream (and the slice instance) stay busy until the
@@ -135,12 +153,17 @@ class SchedState:
 
     # --- queries (policies use these) -----------------------------------------------------
     def free_streams(self) -> list[int]:
-        return [s for s in range(self.num_streams) if s not in self._busy_streams]
+        busy = self._busy_streams
+        if not busy:
+            return list(range(self.num_streams))
+        return [s for s in range(self.num_streams) if s not in busy]
 
     def only_high_priority_usable(self) -> bool:
         """No stream outside the high-priority set can run anything (there is none, or each
         is held by a hung slice): then best-effort work may take a high-priority stream,
         rather than starve."""
+        if not self.stuck and len(self.high_priority_streams) < self.num_streams:
+            return False       # the common case, asked on every plan: no scan
         return all(s in self.high_priority_streams or s in self.stuck
                    for s in range(self.num_streams))
 
@@ -158,6 +181,10 @@ class SchedState:
     def ready(self) -> Iterator[tuple[QueueKey, ReadyQueue]]:
         """Each non-empty ready queue: ((model, next slice, realtime), its requests)."""
         return iter(self._queues.items())
+
+    def ready_queues(self) -> Iterable[ReadyQueue]:
+        """Each non-empty ready queue (its key in `.key`, `.model`, `.index`, `.realtime`)."""
+        return self._queues.values()
 
     @property
     def has_ready(self) -> bool:
@@ -276,7 +303,11 @@ class SchedState:
         key = (request.model, request.next_slice, request.priority is Priority.REALTIME)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = ReadyQueue()
+            # An emptied queue is kept aside and reused: most steps empty one and refill it.
+            queue = self._idle.pop(key, None)
+            if queue is None:
+                queue = ReadyQueue(key)
+            self._queues[key] = queue
         queue.add(request)
 
     def _dequeue(self, request: Request) -> bool:
@@ -284,6 +315,8 @@ class SchedState:
         queue = self._queues.get(key)
         if queue is None or not queue.discard(request):
             return False
-        if not queue:
+        if not queue.by_arrival:
             del self._queues[key]
+            if len(self._idle) < IDLE_QUEUES:
+                self._idle[key] = queue
         return True

@@ -11,6 +11,10 @@ tcp: a loopback host needs nothing more; any other bind (an address, `*`, an int
 refused unless CURVE keys are configured: the server's secret certificate and a directory of
 client public certificates (zmq.auth's format, written by `edgesched keys`). A client whose
 key is not in that directory fails the handshake and never reaches the server.
+
+Model control (LOAD, UNLOAD) is for admins only (Admins): root, the server's own user and
+`server.admin_group` on ipc (the kernel's SO_PEERCRED, through libzmq), `server.admin_keys`
+with CURVE. Every connected client keeps the read-only view.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from pathlib import Path
 
 import zmq
 
-from edgesched.endpoints import read_server_keys
-from edgesched.errors import ConfigError, EdgeschedError
+from edgesched.endpoints import group_id, read_server_keys
+from edgesched.errors import ConfigError, EdgeschedError, NotPermitted
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
@@ -83,6 +87,88 @@ class CurveKeys:
         return auth
 
 
+class Admins:
+    """Who may load and unload models (LOAD, UNLOAD); everyone else keeps the read-only view.
+
+    Admitted is a peer with either identity: a CURVE client whose public key is in
+    `server.admin_keys` (the ZAP handler's User-Id is that key, Z85), or an ipc peer whose
+    uid is root or the server's own, or whose groups include `server.admin_group`. libzmq
+    reads SO_PEERCRED when an ipc peer connects and gives it as the message property
+    Peer-Address, "localhost:UID:GID:PID" on Linux (stream_engine_base.cpp; checked with two
+    processes and two users): the kernel's word, not the client's. Groups are the uid's
+    (getgrouplist) plus the peer's own gid. A tcp peer without CURVE carries no identity."""
+
+    def __init__(self, server, endpoint: str, source: str = "config"):
+        self.gid = None if server.admin_group is None else group_id(server.admin_group)
+        self.keys = frozenset() if server.admin_keys is None else read_admin_keys(
+            server.admin_keys, source)
+        self.ipc, self.uid = endpoint.startswith("ipc://"), os.getuid()
+
+    def check(self, frame, what: str) -> None:
+        """NotPermitted unless the peer that sent `frame` (a received zmq.Frame) is an admin."""
+        reason = self.refusal(_property(frame, "User-Id"),
+                              _property(frame, "Peer-Address") if self.ipc else None)
+        if reason is not None:
+            raise NotPermitted(f"{what} is for admins only: {reason}; MODELS and STATS are "
+                               "open to every client")
+
+    def refusal(self, user_id: str | None, peer_address: str | None) -> str | None:
+        """Why this peer is not an admin, or None (pure: the tests call it directly)."""
+        if user_id and user_id in self.keys:
+            return None
+        creds = peer_credentials(peer_address)
+        if creds is not None:
+            uid, gid = creds
+            if uid in (0, self.uid):
+                return None
+            if self.gid is not None and self.gid in _groups(uid, gid):
+                return None
+        who = [f"CURVE key {user_id[:10]}... is not in server.admin_keys"] if user_id else []
+        if creds is not None:
+            group = "" if self.gid is None else f" nor in group {self.gid} (server.admin_group)"
+            who.append(f"uid {creds[0]} is not root, not the server's uid {self.uid}{group}")
+        return "; ".join(who) or ("the connection carries no identity (connect over the ipc "
+                                  "socket, or with a CURVE key in server.admin_keys)")
+
+
+def peer_credentials(peer_address: str | None) -> tuple[int, int] | None:
+    """(uid, gid) from an ipc peer's Peer-Address "HOST:UID:GID:PID", else None."""
+    parts = (peer_address or "").rsplit(":", 3)
+    if len(parts) != 4 or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def _groups(uid: int, gid: int) -> set[int]:
+    import pwd
+    try:
+        return {gid, *os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)}
+    except KeyError:                     # a uid with no passwd entry: its own gid only
+        return {gid}
+
+
+def _property(frame, name: str) -> str | None:
+    try:
+        return frame.get(name) or None
+    except (zmq.ZMQError, AttributeError):  # EINVAL: not set on this connection; bytes: none
+        return None
+
+
+def read_admin_keys(directory: Path, source: str) -> frozenset[str]:
+    """The Z85 public keys of the *.key certificates in `directory`; ConfigError if none."""
+    import zmq.auth
+    try:
+        keys = zmq.auth.load_certificates(str(directory))
+    except (OSError, ValueError) as e:
+        raise ConfigError(source, "server.admin_keys", "a directory of CURVE public "
+                          "certificates (*.key, edgesched keys)", str(e).splitlines()[0]) \
+            from None
+    if not keys:
+        raise ConfigError(source, "server.admin_keys", "a directory holding at least one "
+                          "*.key certificate", str(directory))
+    return frozenset(k.decode("ascii") if isinstance(k, bytes) else k for k in keys)
+
+
 def load_client_keys(server_key: str | os.PathLike,
                      client_key: str | os.PathLike) -> tuple[bytes, bytes, bytes]:
     """(server public, client public, client secret) from the server's public certificate and
@@ -114,21 +200,27 @@ def create_keys(directory: Path, name: str) -> tuple[Path, Path]:
     return Path(public), Path(secret)
 
 
-def region_refusal(info: os.stat_result, uid: int, gid: int | None) -> str | None:
-    """Why the server must not read a shared-memory region file (fstat of /dev/shm/NAME), or
-    None. The socket's rules, applied to the file: ZeroMQ tells the server nothing about an
-    ipc peer's uid, so the region's owner and mode stand in for it. Readable are regions of
-    the server's own user, and, with `server.socket_group`, regions of that group that the
-    group may read (a client of another user chgrps its region and sets g+r). A world-writable
+def region_refusal(info: os.stat_result, uid: int, gid: int | None,
+                   writable: bool = False) -> str | None:
+    """Why the server must not read (writable: nor write) a shared-memory region file (fstat
+    of /dev/shm/NAME), or None. The socket's rules, applied to the file: who may write the
+    bytes while a request reads them is the file's owner and mode, whoever the connected peer
+    is (its uid, which libzmq gives as Peer-Address, is checked for model control: Admins).
+    Readable are regions of the server's own user, and, with `server.socket_group`, regions of
+    that group that the group may read (a client of another user chgrps its region and sets
+    g+r); writable ones (output targets) need u+w, or g+w in that group, too. A world-writable
     region is refused: any local user could change a request's bytes while it runs."""
     if not stat.S_ISREG(info.st_mode):
         return "is not a regular file"
     if info.st_mode & stat.S_IWOTH:
         return f"is world-writable (mode {stat.S_IMODE(info.st_mode):o})"
-    if info.st_uid == uid:
-        return None
-    if gid is not None and info.st_gid == gid and info.st_mode & stat.S_IRGRP:
-        return None
+    read, write = (stat.S_IRUSR, stat.S_IWUSR) if info.st_uid == uid else \
+        (stat.S_IRGRP, stat.S_IWGRP)
+    if info.st_uid == uid or gid is not None and info.st_gid == gid and info.st_mode & read:
+        if not writable or info.st_mode & write:
+            return None
+        return (f"is not writable for the server (mode {stat.S_IMODE(info.st_mode):o}); an "
+                "output target region needs " + ("u+w" if info.st_uid == uid else "g+w"))
     rule = "its own user" + ("" if gid is None else f" or group-readable regions of gid {gid}")
     return (f"belongs to uid {info.st_uid} gid {info.st_gid} (mode "
             f"{stat.S_IMODE(info.st_mode):o}); the server reads regions of {rule}")

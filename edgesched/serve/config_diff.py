@@ -4,7 +4,8 @@ Pure (no device, no threads): serve/reload.py carries it out. Models are matched
 - added / removed: names only in the new / old config;
 - retuned: only the SLO or priority changed, which the scheduler reads per request, so the
   model switches without loading anything;
-- reloaded: the path, shapes or instances changed: the model is loaded again;
+- reloaded: the path, shapes or instances changed: the model is loaded again (the path is the
+  resolved one: a new numbered version served from the same directory is a change);
 - restart: the other sections (device, server, scheduler, limits, profile, telemetry), which a
   running server cannot change: reported, left as they were.
 """

@@ -1,9 +1,9 @@
 """The intake byte budget: how many bytes of request tensors the server holds at once.
 
 Counted: every admitted request's message (its zmq frames stay alive until its reply is
-encoded: the backend stages the decoded arrays without a copy), from the IO thread's admission
-to the engine's answer. Past `limits.intake_bytes`, a request is answered `Overloaded` at once
-and its frames are dropped. What libzmq queues before the IO thread reads it is bounded per
+encoded: the backend stages the decoded arrays without a copy), from admission to the
+engine's answer. Past `limits.intake_bytes`, a request is answered `Overloaded` at once and
+its frames are dropped. What libzmq queues before the server reads it is bounded per
 peer by the ROUTER's RCVHWM (messages), sized here from the budget, and MAXMSGSIZE (bytes per
 frame). Request counts (`queue_depth`) still apply, per model, on top.
 """
@@ -16,7 +16,8 @@ _ZMQ_DEFAULT_HWM = 1000
 
 
 class IntakeBudget:
-    """A thread-safe byte counter: `take` on the IO thread, `give` on the engine thread."""
+    """A thread-safe byte counter: `take` at admission, `give` with the answer (both
+    on the serve thread; the metrics thread reads it)."""
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = limit_bytes

@@ -1,10 +1,10 @@
 """What a running server shows about itself: the STATS body, board telemetry, drift set-up.
 
 `snapshot(server)` is the one view that STATS (and so `status` and `top`) and the Prometheus
-collector read: copies only, taken on the caller's thread (the IO thread, or the metrics HTTP
-thread), with no engine-thread lock held beyond the statistics' own few-microsecond copy.
+collector read: copies only, taken on the caller's thread (the serve thread, or the metrics
+HTTP thread), with no engine-thread lock held beyond the statistics' own few-microsecond copy.
 `Board` samples the configured telemetry source once a second in its own thread (a jtop or
-tegrastats read may take tens of milliseconds: never on the engine or IO thread).
+tegrastats read may take tens of milliseconds: never on the serve thread).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from edgesched.config import Config
 from edgesched.sched.drift import Drift, likely_cause
 from edgesched.sched.profile import Profile
+from edgesched.serve import residency
 from edgesched.types import ModelInfo, PolicyName
 
 if TYPE_CHECKING:
@@ -124,4 +125,5 @@ def snapshot(server: "Server", histograms: bool = False) -> dict:
                  drift={"threshold": server.config.limits.drift_threshold,
                         "sustain_s": server.config.limits.drift_sustain_s,
                         "watched": engine.drift is not None})
+    residency.annotate_stats(server, stats)       # limits.device_memory_mb
     return stats

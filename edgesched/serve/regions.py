@@ -25,6 +25,7 @@ class Region:
     address: int           # where this process maps it
     nbytes: int
     shm: object            # the multiprocessing.shared_memory.SharedMemory: keeps it mapped
+    writable: bool = False  # registered so the server may write outputs into it
 
 
 class ClientRegions:
@@ -34,13 +35,13 @@ class ClientRegions:
         self._regions: dict[str, Region] = {}
         self._lock = threading.Lock()
 
-    def add(self, shm) -> Region:
+    def add(self, shm, writable: bool = False) -> Region:
         buf = getattr(shm, "buf", None)
         name = getattr(shm, "name", None)
         if buf is None or not isinstance(name, str):
             raise InvalidInput("register() takes a multiprocessing.shared_memory.SharedMemory")
         view = np.frombuffer(buf, np.uint8)
-        region = Region(name.lstrip("/"), view.ctypes.data, view.nbytes, shm)
+        region = Region(name.lstrip("/"), view.ctypes.data, view.nbytes, shm, bool(writable))
         del view                     # no export left behind: the caller may close() it later
         with self._lock:
             self._regions[region.name] = region
@@ -94,3 +95,29 @@ def shared_array(region: Region, shape, dtype, offset: int = 0) -> np.ndarray:
         raise InvalidInput(f"region {region.name!r} ({region.nbytes} bytes) has no room for "
                            f"{tuple(shape)} {dtype} at offset {offset} (aligned to its items)")
     return np.frombuffer(region.shm.buf, dtype, count, offset).reshape(shape)
+
+
+def register_header(request_id: int, region: Region | None, name: str) -> dict:
+    """A REGISTER request's header (asks for a writable mapping for an output region)."""
+    header = {"id": request_id, "region": name}
+    if region is not None and region.writable:
+        header["writable"] = True
+    return header
+
+
+def fill_targets(outputs: dict, targets: dict) -> dict:
+    """A reply's outputs with each one the server wrote into a target region replaced by the
+    caller's own array (the reply names it by reference: region and offset, no bytes)."""
+    if not targets:
+        return outputs
+    from edgesched.serve.wire import RegionRef
+    filled = dict(outputs)
+    for name, value in outputs.items():
+        if type(value) is RegionRef:
+            target = targets.get(name)
+            if target is None or target.shape != value.shape or target.dtype != value.dtype:
+                raise InvalidInput(f"the server wrote output {name!r} to a region this request "
+                                   "did not name for it")
+            filled[name] = target
+    return filled
+

@@ -15,20 +15,29 @@ lets intake see a model the engine does not know:
 A config that does not validate, a model that fails to load or to warm up: the reload is
 refused with one log line and the old set keeps serving. Sections that cannot change live
 are reported in one line as needing a restart and left as they were.
+
+Model control (LOAD/UNLOAD over the socket, serve/queries.py) goes through the same steps,
+with a target set of its own: the file's entries as last applied plus an overlay of what
+was loaded or unloaded over the socket. The overlay is kept across reloads of the file, and
+each socket-loaded entry is read again at every reload (a new version is picked up), until
+the file's own entry for that name is edited (added, changed, removed): the newer word wins.
+It is not saved: a restart serves the file alone.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from edgesched.backends import load_models
-from edgesched.config import load_config
+from edgesched.config import Config, ModelConfig, load_config, parse_model
 from edgesched.engine import Result, Submission
-from edgesched.errors import EdgeschedError
+from edgesched.errors import EdgeschedError, ModelChangeRefused, RequestError, UnknownModel
 from edgesched.serve.config_diff import ConfigDiff, diff
 from edgesched.types import ModelInfo
 
@@ -52,6 +61,13 @@ class Reloader:
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
+        self._file = {m.name: m for m in server.config.models}   # the file, as last applied
+        # name -> (the LOAD entry as sent, as resolved when applied), or None: unloaded.
+        self._overlay: dict[str, tuple[dict, ModelConfig] | None] = {}
+
+    def origin(self, name: str) -> str:
+        """Who put a served model there: "socket" (LOAD) or "config" (the file)."""
+        return "socket" if self._overlay.get(name) is not None else "config"
 
     def request(self) -> None:
         """Safe in a signal handler: returns at once, the reload runs on its own thread."""
@@ -77,7 +93,7 @@ class Reloader:
             # sd_notify(3): RELOADING=1 comes with the CLOCK_MONOTONIC time in microseconds.
             notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
-                applied = self._apply()
+                applied = self._from_file()
             except EdgeschedError as e:
                 log.error("reload of %s refused; still serving the old config: %s",
                           self.path, e)
@@ -88,11 +104,98 @@ class Reloader:
                             + f"serving {', '.join(self.server.models)}")
             return applied
 
+    def load(self, entry: dict) -> dict:
+        """LOAD: serve a config file's model entry (absolute path) beside the others, or in
+        place of the model of that name; ModelChangeRefused (the old set keeps serving)."""
+        with self._lock:
+            try:
+                if not os.path.isabs(str(entry.get("path", "/"))):
+                    raise ModelChangeRefused("model.path must be absolute (the server resolves "
+                                             f"no path against its own directory), got "
+                                             f"{entry['path']!r}")
+                model = parse_model(entry, "LOAD", Path("/"))
+                overlay = {**self._overlay, model.name: (dict(entry), model)}
+                d = self._socket_change(overlay, f"LOAD {model.name}")
+            except RequestError:
+                raise
+            except EdgeschedError as e:
+                raise ModelChangeRefused(f"load refused, still serving "
+                                         f"{', '.join(self.server.models)}: {e}") from None
+        return {"model": model.name, "version": model.version, "change": d.describe()}
+
+    def unload(self, name: str) -> dict:
+        """UNLOAD: stop serving `name` (UnknownModel from now on), answer what it holds, then
+        unload it; the reply waits for the drain up to server.drain_timeout_s."""
+        with self._lock:
+            server = self.server
+            if name not in server.models:
+                raise UnknownModel(f"unknown model {name!r}; served: {', '.join(server.models)}")
+            overlay = dict(self._overlay)
+            if name in self._file:
+                overlay[name] = None
+            else:
+                overlay.pop(name, None)
+            if not self._merge(self._file.values(), overlay):
+                raise ModelChangeRefused(f"{name!r} is the last model served; a server serves "
+                                         "at least one (load another first)")
+            try:
+                self._socket_change(overlay, f"UNLOAD {name}")
+            except RequestError:
+                raise
+            except EdgeschedError as e:
+                raise ModelChangeRefused(f"unload refused: {e}") from None
+            return {"model": name, "drained": self._drained(name)}
+
     # --- the steps ----------------------------------------------------------------------
-    def _apply(self) -> ConfigDiff:
+    def _from_file(self) -> ConfigDiff:
+        new = load_config(self.path)
+        entries = {m.name: m for m in new.models}
+        # A socket change holds while the file's entry for its name is as it was; an edited
+        # entry (or one resolving to a new version) is the newer word. Socket entries are
+        # read again: a new version in their directory is picked up too.
+        overlay = {n: v for n, v in self._overlay.items() if entries.get(n) == self._file.get(n)}
+        socket = {n: None if v is None else (v[0], parse_model(
+            v[0], f"model {n!r} loaded over the socket", Path("/"))) for n, v in overlay.items()}
+        d = self._apply(dataclasses.replace(new, models=self._merge(new.models, socket)),
+                        f"reloaded {self.path}")
+        self._file, self._overlay = entries, socket
+        return d
+
+    def _socket_change(self, overlay: dict, what: str) -> ConfigDiff:
+        new = dataclasses.replace(self.server.config,
+                                  models=self._merge(self._file.values(), overlay))
+        d = self._apply(new, what)
+        self._overlay = overlay
+        self.server.notifier.status(f"{what}: serving {', '.join(self.server.models)}")
+        return d
+
+    @staticmethod
+    def _merge(file_models, overlay: dict) -> tuple[ModelConfig, ...]:
+        served = {m.name: m for m in file_models}
+        for name, value in overlay.items():
+            if value is None:
+                served.pop(name, None)
+            else:
+                served[name] = value[1]
+        return tuple(served.values())
+
+    def _drained(self, name: str) -> bool:
+        """Wait until the engine has answered every request of `name` and let it go."""
+        engine = self.server.engine
+        self._on_engine(lambda: None)        # the retire queued by _apply has run
+        give_up = time.monotonic() + self.server.config.server.drain_timeout_s
+        while name in engine.retiring:
+            if time.monotonic() > give_up:
+                return False
+            time.sleep(0.01)                 # a step is milliseconds; this is a control path
+        return True
+
+    def _apply(self, new: Config, what: str) -> ConfigDiff:
         server, engine = self.server, self.server.engine
         old = server.config
-        new = load_config(self.path)
+        if not new.models:
+            raise ReloadRefused("no model would be served (the file's are all unloaded "
+                                "over the socket)")
         d = diff(old, new)
         draining = [m.name for m in d.added if m.name in engine.retiring]
         if draining:
@@ -139,7 +242,7 @@ class Reloader:
         for name in d.removed:
             engine.call_soon(lambda n=name: engine.retire(n))
         server.config = dataclasses.replace(old, models=new.models)
-        log.info("reloaded %s: %s", self.path, d.describe())
+        log.info("%s: %s", what, d.describe())
         return d
 
     def _load(self, entries: list) -> dict[str, ModelInfo]:

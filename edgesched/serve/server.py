@@ -1,16 +1,19 @@
-"""The edgesched server: a ZeroMQ ROUTER in an IO thread, the engine loop in another.
+"""The edgesched server: one thread owns the ZeroMQ ROUTER and the engine loop.
 
-IO thread: receives, checks and decodes requests, answers bad ones at once, submits good ones
-to the engine, and forwards the engine's replies to the ROUTER. The engine thread hands its
-replies to the IO thread over an inproc PUSH/PULL pair (zero-copy), because a ZeroMQ socket
-must only be used by one thread. Intake is bounded in bytes (serve/intake.py); inputs may be
-read in place from clients' shared-memory regions (serve/shm.py).
+The serve thread receives, checks and decodes requests, answers bad ones at once, submits good
+ones to the engine, steps the engine and sends its replies on the ROUTER itself. Its one wait
+is the engine's: the engine's doorbell is shared with the socket (backends/doorbell.py), so a
+wait for completions also ends when a request arrives. A request crosses no thread on its way
+in and none on its way out; only the backend's own workers (ONNX Runtime's stream threads,
+TensorRT's completion watcher) hand completions back through the doorbell. Two threads with an
+inproc pipe between them cost ~4 hand-offs per request (45-70 us each on a 2-core x86 VM).
+Intake is bounded in bytes (serve/intake.py); inputs may be read in place from clients'
+shared-memory regions (serve/shm.py).
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import os
+import math
 import stat
 import threading
 import time
@@ -18,7 +21,7 @@ import time
 import zmq
 
 from edgesched import endpoints
-from edgesched.backends import Backend, create_backend, load_models
+from edgesched.backends import Backend, create_backend
 from edgesched.config import Config
 from edgesched.engine import Engine, Result, Submission
 from edgesched.errors import (
@@ -35,13 +38,13 @@ from edgesched.errors import (
 from edgesched.profiles import choose_profile, device_name
 from edgesched.sched import make_policy
 from edgesched.sched.health import Health
-from edgesched.serve import access, intake, observe, shm, wire
+from edgesched.serve import access, intake, observe, queries, shm, wire
+from edgesched.serve.reload import Reloader
+from edgesched.serve.residency import Residency
 from edgesched.serve.systemd import Notifier
-from edgesched.version import __version__
 
 log = logging.getLogger("edgesched.server")
-_BATCH = 64            # messages handled per socket per poll round: keeps both sockets fair
-_STOP_IO = b"edgesched-stop-io"   # sent after the last reply: the IO thread may exit once read
+_BATCH = 64            # messages read per loop round: the engine steps between rounds
 
 
 class Server:
@@ -62,12 +65,16 @@ class Server:
         endpoints.require_keys(self.endpoint, self._keys, config.source if endpoint is None
                             else "--endpoint", "server.endpoint" if endpoint is None else "endpoint")
         self._gid = None if server.socket_group is None else endpoints.group_id(server.socket_group)
+        self.admins = access.Admins(server, self.endpoint, config.source)  # LOAD/UNLOAD
         self._auth = None                        # the CURVE (ZAP) handler thread, if any
         self.backend = backend or create_backend(config.device.backend, config.device.streams,
                                                  config.device.cpu_threads_per_stream,
                                                  config.device.sim_device)
         try:
-            self.models = load_models(self.backend, config.models)
+            # limits.device_memory_mb: which models stay loaded (serve/residency.py)
+            self.residency = Residency(self.backend, config.limits.device_memory_mb,
+                                       config.source)
+            self.models = self.residency.load(config.models)
             profile = choose_profile(config, force_profile)
             policy = make_policy(config.scheduler.policy.value, config.source, profile=profile,
                                  **config.scheduler.policy_options())
@@ -85,35 +92,36 @@ class Server:
                              on_result=self._send_result, launch_timeout_s=limits.launch_timeout_s,
                              health=Health(self.models, limits.unhealthy_after,
                                            limits.unhealthy_retry_s),
-                             drift=drift, drift_cause=cause)
+                             drift=drift, drift_cause=cause, profile=profile)
         self.stats = self.engine.stats
         self._max_bytes = config.limits.max_message_bytes
         self.intake = intake.IntakeBudget(config.limits.intake_bytes)
-        self.regions = shm.Regions(self._gid)
+        # A GPU backend registers each mapped region with CUDA (TensorRT: inputs read in place)
+        self.regions = shm.Regions(self._gid, map_host=getattr(self.backend, "map_host", None),
+                                   unmap_host=getattr(self.backend, "unmap_host", None))
+        self.reloader = Reloader(self)       # SIGHUP and model control (serve/reload.py)
         self._ctx = zmq.Context()
-        self._replies = f"inproc://edgesched-replies-{id(self):x}"
-        self._tls = threading.local()
-        self._push_sockets: list[zmq.Socket] = []
-        self._push_lock = threading.Lock()
+        self._router: zmq.Socket | None = None   # the serve thread's, while it runs
+        self._events: dict = {}                  # what the last poll saw ready
         self._accepting = True
         self._intake = threading.Lock()
+        self.residency.start(self.engine, self._send_result, self._intake)
         self._stop_engine = threading.Event()
+        self._go = threading.Event()             # start() succeeded: serve
         self._stopped = False
-        self._io_done = False
         self._ready = threading.Event()
+        self._wedged = False
         self._io_error: BaseException | None = None
         self.started_s = time.monotonic()
         self.undeliverable = 0
-        self._threads = [threading.Thread(target=self._run_io, name="edgesched-io", daemon=True),
-                         threading.Thread(target=self._run_engine, name="edgesched-engine",
-                                          daemon=True)]
+        self._thread = threading.Thread(target=self._serve, name="edgesched-serve", daemon=True)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Server":
         try:
             intake.return_large_buffers()        # RSS follows the byte budget (serve/intake.py)
             self._prepare_ipc()
-            self._threads[0].start()
+            self._thread.start()
             self._ready.wait()
             if self._io_error is not None:
                 raise self._io_error
@@ -126,17 +134,18 @@ class Server:
                     raise EdgeschedError(f"cannot serve metrics on {self._metrics_at}: "
                                          f"{e.strerror or e}") from None
         except BaseException:
-            if self._threads[0].is_alive():      # bound, then metrics failed: stop it
-                self._stop_io() if self._io_error is None else self._threads[0].join()
-            for sock in self._push_sockets:
-                sock.close(linger=0)
+            if self._thread.ident is not None:   # bound, then metrics failed: stop it
+                self._stop_engine.set()
+                self._go.set()
+                self._thread.join()
             self._stopped = True                 # everything is released: stop() is a no-op
             self._close_watchers()
             self.backend.close()
+            self.engine.doorbell.close()
             self._ctx.term()
             self._close_notifier()
             raise
-        self._threads[1].start()
+        self._go.set()
         log.info("serving %d models on %s", len(self.models), self.endpoint)
         # Models are loaded and the socket is bound: clients can connect from now on.
         self.notifier.ready()
@@ -148,7 +157,7 @@ class Server:
             return
         self._stopped = True
         self.notifier.stopping()
-        if self._threads[1].ident is None:       # never started
+        if self._thread.ident is None:           # never started
             self._close_watchers()
             self.backend.close()
             self._ctx.term()
@@ -159,20 +168,15 @@ class Server:
         with self._intake:
             self._accepting = False
         give_up = time.monotonic() + timeout
-        while not self.engine.idle and time.monotonic() < give_up:
+        while not (self.engine.idle and self.residency.idle) and time.monotonic() < give_up:
             time.sleep(0.005)
         self._stop_engine.set()
         self.engine.wake()
-        self._threads[1].join()
-        # The engine thread is gone: this thread owns the engine now.
-        self.engine.abort_all(ShuttingDown("the server stopped before the request finished"))
-        # Sent on the same pipe after the last reply, so the IO thread reads every reply first.
-        self._stop_io()
-        for sock in self._push_sockets:
-            sock.close(linger=0)
+        self._thread.join()      # it answers what is left (ShuttingDown), then sends it out
         self._close_watchers()
+        self.regions.close()                     # handed back to the backend, then unmapped
         self.backend.close()
-        self.regions.close()
+        self.engine.doorbell.close()
         self._ctx.term()
         self._close_notifier()
 
@@ -181,10 +185,6 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _stop_io(self) -> None:
-        self._push().send(_STOP_IO)
-        self._threads[0].join()
 
     def _close_watchers(self) -> None:
         if self.metrics is not None:
@@ -209,55 +209,68 @@ class Server:
                 raise EdgeschedError(f"another server is already serving on {self.endpoint}")
             path.unlink()  # stale file from a killed server
 
-    # --- engine thread ------------------------------------------------------------------------
-    def _run_engine(self) -> None:
-        wedged = False
-        while not self._stop_engine.is_set():
-            # systemd's watchdog ping comes from this loop (rate-limited inside), so an engine
-            # stuck in a step stops the pings and systemd restarts the service. So does a device
-            # whose every stream is held by a hung slice: only a restart gets them back.
-            if self.engine.stuck_streams < self.backend.num_streams:
-                self.notifier.watchdog()
-                wedged = False
-            elif not wedged:
-                wedged = True
-                log.error("every stream is held by a hung slice; no more watchdog pings (under "
-                          "systemd the service will be restarted)")
-                self.notifier.status("wedged: every stream is held by a hung slice")
-            try:
-                self.engine.step(0.05)
-            except Exception:
-                # A bug, not a request's fault: keep serving, but answer everyone now waiting
-                # (their state may be inconsistent) rather than leave them to time out.
-                log.exception("engine step failed; failing outstanding requests")
-                self.engine.abort_all(ServerError("internal error in the engine loop"))
+    # --- the serve thread ---------------------------------------------------------------------
+    def _serve(self) -> None:
+        router = self._bind()
+        if router is None:
+            return
+        self._ready.set()
+        self._go.wait()
+        self._router = router
+        poller = zmq.Poller()
+        sweep = shm.Sweeper(self.regions, router)     # regions of peers that are gone
+        for sock in (router, sweep.monitor):
+            poller.register(sock, zmq.POLLIN)
+        # The engine's waits (inside Backend.poll) block here: on the socket, the sweeper's
+        # monitor and the doorbell's pipe; ms, rounded up so a sub-ms wait is not a busy loop.
+        poller.register(self.engine.doorbell.share(
+            lambda timeout_s: self._events.update(poller.poll(math.ceil(timeout_s * 1e3)))),
+            zmq.POLLIN)
+        try:
+            while not self._stop_engine.is_set():
+                self._watchdog()
+                try:
+                    self.engine.step(0.05)
+                except Exception:
+                    # A bug, not a request's fault: keep serving, but answer everyone now
+                    # waiting (their state may be inconsistent) rather than leave them to time out.
+                    log.exception("engine step failed; failing outstanding requests")
+                    self.engine.abort_all(ServerError("internal error in the engine loop"))
+                self._drain(router, self._handle, router)
+                events, self._events = self._events, {}
+                sweep(events, time.monotonic())
+            # Stopping, after the drain: what is still queued, running or waiting for its model
+            # to load is answered now.
+            stopped = ShuttingDown("the server stopped before the request finished")
+            self.residency.abort_all(stopped)
+            self.engine.abort_all(stopped)
+        finally:
+            self._router = None
+            sweep.close()
+            # Replies still being written out (large tensors) get up to the drain timeout;
+            # replies to clients that are gone are dropped by libzmq, not waited for.
+            router.close(linger=int(self.config.server.drain_timeout_s * 1000))
+            self._stop_auth()
+            path = endpoints.ipc_path(self.endpoint)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
-    def _send_result(self, result: Result) -> None:
-        """Called on the engine thread (or the stopping thread): encode and hand to IO."""
-        if not isinstance(result.reply_to, tuple):   # a reload's warm-up (serve/reload.py)
-            return result.reply_to(result)
-        envelope, request_id, held_bytes, regions = result.reply_to
-        self.intake.give(held_bytes)             # its frames are dropped with this result
-        self.regions.release(regions)            # and its claim on shared memory ends
-        if result.error is not None:
-            frames = wire.encode_error(request_id, result.error)
-        else:
-            frames = wire.encode_result(request_id, result.outputs, result.timings)
-        self._push().send_multipart(envelope + frames, copy=False)
+    def _watchdog(self) -> None:
+        # systemd's watchdog ping comes from the serve loop (rate-limited inside), so a loop
+        # stuck in a step stops the pings and systemd restarts the service. So does a device
+        # whose every stream is held by a hung slice: only a restart gets them back.
+        if self.engine.stuck_streams < self.backend.num_streams:
+            self.notifier.watchdog()
+            self._wedged = False
+        elif not self._wedged:
+            self._wedged = True
+            log.error("every stream is held by a hung slice; no more watchdog pings (under "
+                      "systemd the service will be restarted)")
+            self.notifier.status("wedged: every stream is held by a hung slice")
 
-    def _push(self) -> zmq.Socket:
-        sock = getattr(self._tls, "push", None)
-        if sock is None:
-            sock = self._tls.push = self._ctx.socket(zmq.PUSH)
-            sock.connect(self._replies)
-            with self._push_lock:
-                self._push_sockets.append(sock)
-        return sock
-
-    # --- IO thread ----------------------------------------------------------------------------
-    def _run_io(self) -> None:
+    def _bind(self) -> zmq.Socket | None:
+        """The bound ROUTER, or None with the reason in _io_error (and _ready set)."""
         router = self._ctx.socket(zmq.ROUTER)
-        pull = self._ctx.socket(zmq.PULL)
         try:
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # unknown peer: an error, not silence
@@ -273,40 +286,33 @@ class Server:
             path = endpoints.ipc_path(self.endpoint)
             if path is not None:
                 access.secure_socket(path, self._gid)
-            pull.setsockopt(zmq.LINGER, 0)
-            pull.bind(self._replies)
+            return router
         except (zmq.ZMQError, EdgeschedError) as e:
             router.close(linger=0)
-            pull.close(linger=0)
             self._stop_auth()
             self._io_error = e if isinstance(e, EdgeschedError) else EdgeschedError(
                 f"cannot bind {self.endpoint}: {e}")
             self._ready.set()
-            return
-        self._ready.set()
-        poller = zmq.Poller()
-        sweep = shm.Sweeper(self.regions, router)     # regions of peers that are gone
-        for sock in (router, pull, sweep.monitor):
-            poller.register(sock, zmq.POLLIN)
+            return None
+
+    def _send_result(self, result: Result) -> None:
+        """Called on the serve thread: encode and send."""
+        if not isinstance(result.reply_to, tuple):   # a reload's warm-up (serve/reload.py)
+            return result.reply_to(result)
+        envelope, request_id, held_bytes, regions, targets = result.reply_to
+        self.intake.give(held_bytes)             # its frames are dropped with this result
+        error = result.error
         try:
-            while not self._io_done:
-                events = dict(poller.poll(50))
-                if router in events:
-                    self._drain(router, self._handle, router)
-                if pull in events:
-                    self._drain(pull, self._forward, router)
-                sweep(events, time.monotonic())
-            self._drain(pull, self._forward, router, limit=None)   # engine replies still queued
-        finally:
-            sweep.close()
-            # Replies still being written out (large tensors) get up to the drain timeout;
-            # replies to clients that are gone are dropped by libzmq, not waited for.
-            router.close(linger=int(self.config.server.drain_timeout_s * 1000))
-            pull.close(linger=0)
-            self._stop_auth()
-            path = endpoints.ipc_path(self.endpoint)
-            if path is not None:
-                path.unlink(missing_ok=True)
+            written = shm.write_targets(result.outputs, targets) if targets and not error \
+                else None
+        except InvalidInput as e:
+            error = e
+        self.regions.release(regions)            # its claim on shared memory ends
+        if error is not None:
+            frames = wire.encode_error(request_id, error)
+        else:
+            frames = wire.encode_result(request_id, result.outputs, result.timings, written)
+        self._forward(envelope + frames, self._router)
 
     def _stop_auth(self) -> None:
         if self._auth is not None:
@@ -314,22 +320,20 @@ class Server:
             self._auth = None
 
     @staticmethod
-    def _drain(sock: zmq.Socket, handler, router: zmq.Socket, limit: int | None = _BATCH) -> None:
-        for _ in itertools.repeat(None) if limit is None else range(limit):
+    def _drain(sock: zmq.Socket, handler, router: zmq.Socket, limit: int = _BATCH) -> None:
+        for _ in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             handler(frames, router)
 
-    def _forward(self, frames: list, router: zmq.Socket) -> None:
-        if len(frames) == 1 and frames[0].bytes == _STOP_IO:
-            self._io_done = True
-            return
+    def _forward(self, frames: list, router: zmq.Socket | None) -> None:
         try:
             router.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:
-            # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM).
+        except (zmq.ZMQError, AttributeError):
+            # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM); or
+            # the socket is closed (None): a reply after the serve thread ended.
             self.undeliverable += 1
 
     def _handle(self, frames: list, router: zmq.Socket) -> None:
@@ -348,11 +352,13 @@ class Server:
                                           f"of {self._max_bytes} bytes")
                 msg = wire.decode_request([f.buffer for f in body])
             except InvalidInput as e:
-                raise self._refused(e) from None
+                raise queries.refused(self, e) from None
             request_id = msg.id
             if isinstance(msg, wire.InferRequest):
                 return self._infer(envelope, msg, size)
-            reply = self._answer_query(msg, tuple(envelope))
+            reply = queries.answer(self, msg, tuple(envelope), body[0])
+            if reply is None:        # model control: answered later (serve/queries.py)
+                return
         except RequestError as e:
             reply = wire.encode_error(getattr(e, "request_id", request_id), e)
         except Exception:
@@ -360,35 +366,6 @@ class Server:
             reply = wire.encode_error(request_id, ServerError("internal error handling the "
                                                               "request"))
         self._forward(envelope + reply, router)
-
-    def _answer_query(self, msg: wire.Message, peer: tuple) -> list:
-        header = {"id": msg.id}
-        if msg.kind in wire.REGION_TYPES:
-            header.update(shm.answer(self.regions, msg.kind, msg.header, peer))
-        elif msg.kind == wire.MODELS:
-            health = self.engine.health.snapshot()
-            header["models"] = [{**m.to_wire(), "healthy": health[m.name]["healthy"]}
-                                for m in self.models.values()]
-        elif msg.kind == wire.STATS:
-            header.update(observe.snapshot(self), intake=self.intake.snapshot())
-        elif msg.kind == wire.PING:
-            header.update(version=__version__, pid=os.getpid())
-        return [msg.kind, wire.pack_header(header)]
-
-    def _refused(self, error: InvalidInput) -> RequestError:
-        """Count a request the wire refused; the error to answer it with. A bad deadline or
-        priority names its model (error.model): an unknown one is answered UnknownModel (the
-        model is looked up first), a served one counts as that model's invalid request."""
-        model = getattr(error, "model", None)
-        if model is None:
-            self.stats.count_bad_request(unknown_model=False)
-        elif model not in self.models:
-            unknown = self._unknown_model(model)
-            unknown.request_id = getattr(error, "request_id", None)
-            return unknown
-        else:
-            self.stats.count(model, "invalid")
-        return error
 
     def _unknown_model(self, model: str) -> UnknownModel:
         self.stats.count_bad_request(unknown_model=True)
@@ -398,25 +375,33 @@ class Server:
         if request.model not in self.models:
             raise self._unknown_model(request.model)
         # Region inputs become views of their shared memory, claimed until the reply is sent.
+        # Output targets: writable views of the client's region, written at reply time.
+        used: list = []
         try:
             inputs, used = self.regions.resolve(tuple(envelope), request.inputs)
+            views, claimed = self.regions.resolve_targets(tuple(envelope), request.targets)
+            used += claimed
+            targets = {n: (views[n], ref) for n, ref in request.targets.items()}
         except InvalidInput:
+            self.regions.release(used)
             self.stats.count(request.model, "invalid")
             raise
         try:
-            self._admit(envelope, request, size, inputs, used)
+            self._admit(envelope, request, size, inputs, used, targets)
         except BaseException:
             self.regions.release(used)
             raise
 
     def _admit(self, envelope: list[bytes], request: wire.InferRequest, size: int,
-               inputs: dict, used: list) -> None:
+               inputs: dict, used: list, targets: dict) -> None:
         now = time.monotonic()
         model, deadline_ms = request.model, request.deadline_ms
         info = self.models.get(model)
         if info is None:
             raise self._unknown_model(model)
         problem = info.check_inputs(inputs)
+        if problem is None and targets:
+            problem = shm.target_problem(info.outputs, {n: v for n, (v, _) in targets.items()})
         if problem is not None:
             self.stats.count(model, "invalid")
             raise InvalidInput(problem)
@@ -433,8 +418,10 @@ class Server:
             if not self.intake.take(size):
                 self.stats.count(model, "rejected")
                 raise Overloaded(f"model {model!r}: {self.intake.describe(size)}")
-            self.engine.submit(Submission(model, inputs, now, deadline_s, request.priority,
-                                          reply_to=(envelope, request.id, size, used)))
+            self.residency.submit(Submission(model, inputs, now, deadline_s, request.priority,
+                                          reply_to=(envelope, request.id, size, used,
+                                                    targets)),
+                                   ring=False)    # this thread steps the engine next
 
 
 def _peek_id(body: list) -> int | None:

@@ -1,7 +1,8 @@
 """Wire format: frame 0 = message type, frame 1 = msgpack header, then one raw frame per tensor.
 
 Request  [TYPE, {"v", "id", ...}, *tensors]      TYPE in INFER | MODELS | STATS | PING |
-                                                 REGISTER | UNREGISTER | REGION_STATUS
+                                                 REGISTER | UNREGISTER | REGION_STATUS |
+                                                 LOAD | UNLOAD
 Reply    [TYPE, {"v", "id", ...}, *tensors]      same TYPE on success
 Error    [ERROR, {"v", "id", "code", "message"}]
 INFER request header: {"model", "deadline_ms"?, "priority"?, "inputs": [{"name","dtype","shape"}]}
@@ -10,8 +11,14 @@ Tensors are C-contiguous raw little-endian bytes, decoded without a copy (np.fro
 "dtype" carries its byte order ("<f4", "|u1"; a bare "float32" is read as little-endian); a
 big-endian array is converted by the sender (one copy), ">f4" is refused. No pickle, ever.
 Shared memory (serve/shm.py): REGISTER / UNREGISTER {"region": NAME} -> {"region", "bytes"};
-REGION_STATUS -> {"regions": [{"region", "bytes", "in_flight"}]}. An input spec with
-"region": NAME and "offset": BYTES names bytes in a registered region and has no frame.
+REGION_STATUS -> {"regions": [{"region", "bytes", "in_flight"}]}; REGISTER may ask
+"writable": true (output targets). An input spec with "region": NAME and "offset": BYTES names
+bytes in a registered region and has no frame. An INFER request's "targets" (region specs
+only) name where outputs are to be written; the reply's spec of such an output carries the
+same region and offset, and no frame.
+Model control (admins only; serve/queries.py): LOAD {"model": ENTRY} where ENTRY is a config
+file's model entry (name, path, slo_ms, ...) with an absolute path -> {"model", "version",
+"change"}; UNLOAD {"model": NAME} -> {"model", "drained"}; MODELS lists what is served.
 This module knows nothing of sockets: frames are bytes-like objects (bytes, memoryview).
 An INFER request's fields are written (encode_infer) and read (decode_request) only here, and
 checked by one function for both sides (_fields); what needs the model is the server's.
@@ -33,7 +40,9 @@ PROTOCOL_VERSION = 1
 INFER, MODELS, STATS, PING, ERROR = b"INFER", b"MODELS", b"STATS", b"PING", b"ERROR"
 REGISTER, UNREGISTER, REGION_STATUS = b"REGISTER", b"UNREGISTER", b"REGION_STATUS"
 REGION_TYPES = (REGISTER, UNREGISTER, REGION_STATUS)
-REQUEST_TYPES = (INFER, MODELS, STATS, PING) + REGION_TYPES
+LOAD, UNLOAD = b"LOAD", b"UNLOAD"
+CONTROL_TYPES = (LOAD, UNLOAD)
+REQUEST_TYPES = (INFER, MODELS, STATS, PING) + REGION_TYPES + CONTROL_TYPES
 REPLY_TYPES = REQUEST_TYPES + (ERROR,)
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
@@ -67,6 +76,9 @@ class InferRequest:
     inputs: Mapping[str, np.ndarray]
     deadline_ms: float | None = None     # relative to arrival; <= 0: already passed
     priority: Priority | None = None     # None: the model's own class
+    # output name -> where to write it: arrays in a writable registered region (client),
+    # RegionRef (server)
+    targets: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -124,11 +136,37 @@ def encode_error(request_id, error) -> list:
     return [ERROR, pack_header({"id": request_id, "code": error.code, "message": str(error)})]
 
 
+# --- model control -------------------------------------------------------------------------
+
+def encode_load(request_id: int, entry: Mapping) -> list:
+    """LOAD: `entry` is a config file's model entry (its keys are checked by the server)."""
+    return [LOAD, pack_header({"id": request_id, "model": dict(entry)})]
+
+
+def encode_unload(request_id: int, model: str) -> list:
+    return [UNLOAD, pack_header({"id": request_id, "model": model})]
+
+
+def decode_load(header: dict) -> dict:
+    entry = header.get("model")
+    if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+        raise InvalidInput("LOAD header lacks a 'model' map (a config file's model entry)")
+    return entry
+
+
+def decode_unload(header: dict) -> str:
+    model = header.get("model")
+    if not isinstance(model, str):
+        raise InvalidInput("UNLOAD header lacks a string 'model'")
+    return model
+
+
 # --- INFER requests and replies -------------------------------------------------------------
 
 def infer_request(request_id: int, model: str, inputs: Mapping[str, np.ndarray],
                   deadline_ms: float | None = None,
-                  priority: Priority | str | None = None) -> InferRequest:
+                  priority: Priority | str | None = None,
+                  targets: Mapping[str, np.ndarray] | None = None) -> InferRequest:
     """A request from a caller's Python values: arrays (anything np.asarray takes), a deadline
     float() takes, a Priority or its value. InvalidInput, as the server would say it."""
     # type() first: a dict (the usual case) skips the ABC check (~0.3 us)
@@ -140,8 +178,12 @@ def infer_request(request_id: int, model: str, inputs: Mapping[str, np.ndarray],
         except (TypeError, ValueError):
             pass                               # _fields names the value
     model, deadline_ms, priority = _fields(model, deadline_ms, priority)
+    if targets is not None and not (isinstance(targets, Mapping) and all(
+            isinstance(n, str) and isinstance(a, np.ndarray) for n, a in targets.items())):
+        raise InvalidInput("outputs must be a mapping of output name -> numpy array (in a "
+                           "region registered writable)")
     return InferRequest(request_id, model, {n: np.asarray(a) for n, a in inputs.items()},
-                        deadline_ms, priority)
+                        deadline_ms, priority, dict(targets or {}))
 
 
 def encode_infer(request: InferRequest, locate=None) -> list:
@@ -150,15 +192,29 @@ def encode_infer(request: InferRequest, locate=None) -> list:
         header["deadline_ms"] = request.deadline_ms
     if request.priority is not None:
         header["priority"] = request.priority.value
+    if request.targets:
+        specs, frames = tensor_frames(list(request.targets.items()), locate)
+        if frames:
+            name = next(n for n, a in request.targets.items()
+                        if (locate and locate(a)) is None)
+            raise InvalidInput(f"output target {name!r} does not lie (C-contiguous, little-"
+                               "endian) in a region this client registered writable")
+        header["targets"] = specs
     return encode(INFER, header, request.inputs, locate=locate)
 
 
-def encode_result(request_id: int, outputs: Mapping[str, np.ndarray], timings: Timings) -> list:
-    """An INFER reply: the outputs and where the request's time went."""
+def encode_result(request_id: int, outputs: Mapping[str, np.ndarray], timings: Timings,
+                  written: Mapping[str, RegionRef] | None = None) -> list:
+    """An INFER reply: the outputs and where the request's time went. `written`: outputs
+    already written into the client's region (named by reference, no frame)."""
     header = {"id": request_id, "timings": {"queue_ms": timings.queue_ms,
                                             "device_ms": timings.device_ms,
                                             "total_ms": timings.total_ms}}
-    return encode(INFER, header, outputs, tensor_key="outputs")
+    where = None
+    if written:
+        at = {id(outputs[n]): (ref.region, ref.offset) for n, ref in written.items()}
+        where = lambda array: at.get(id(array))  # noqa: E731 (tensor_frames' locate)
+    return encode(INFER, header, outputs, tensor_key="outputs", locate=where)
 
 
 def _fields(model: object, deadline_ms: object,
@@ -222,7 +278,26 @@ def _request(kind: bytes, header: dict, tensors: dict) -> Message | InferRequest
         return Message(kind, header, tensors)
     model, deadline_ms, priority = _fields(header.get("model"), header.get("deadline_ms"),
                                            header.get("priority"))
-    return InferRequest(header["id"], model, tensors, deadline_ms, priority)
+    return InferRequest(header["id"], model, tensors, deadline_ms, priority,
+                        _targets(header.get("targets")))
+
+
+def _targets(specs: object) -> dict[str, RegionRef]:
+    """An INFER request's output targets: region specs only (there are no frames for them)."""
+    if specs is None:
+        return {}
+    if not isinstance(specs, list) or len(specs) > MAX_TENSORS:
+        raise InvalidInput(f"header field 'targets' must be a list of at most {MAX_TENSORS} "
+                           "region specs")
+    targets = {}
+    for i, spec in enumerate(specs):
+        if not (isinstance(spec, dict) and "region" in spec):
+            raise InvalidInput(f"target {i} must name a region and an offset")
+        name, ref = _tensor(spec, None, i)
+        if name in targets:
+            raise InvalidInput(f"output target {name!r} is named twice")
+        targets[name] = ref
+    return targets
 
 
 def _reply(kind: bytes, header: dict, tensors: dict) -> Message:

@@ -21,6 +21,12 @@ promises; a broken rule is appended to `FakeGpu.violations`, which tests assert 
     the runtime's DLA_core chooses a DLA engine's core;
   - an execution context is never used by two launches at once, and every launch is followed
     by an event record on its stream (`check_quiescent`);
+  - lifetimes: TensorRT objects die when their last Python reference goes (a context keeps its
+    engine alive, an engine its runtime, as the bindings' keep_alive has it); each destructor
+    must run with the primary context current and retained, a context never while its launch
+    runs, memory is never freed while a running context reads it, the streams and events
+    TensorRT used go after every TensorRT object, and the primary context's last release
+    after every allocation (`trt_live`, `trt_freed`, `trt_device_bytes`: weights + scratch);
   - events are made with BLOCKING_SYNC (synchronize sleeps, no spinning); `cuEventQuery` calls
     are counted so tests can assert no busy polling;
   - async copies go between pinned host memory and device memory on a created stream;
@@ -38,6 +44,7 @@ engine built by another TensorRT or for another GPU.
 Layout (everything is re-exported here, so `from tests.fakes_cuda import X` works for all):
   gpu.py               FakeGpu (the device, driver state, contract checks), Call, Allocation,
                        Stream, Event and the CUresult / flag constants
+  lifetimes.py         FakeGpu's account of TensorRT objects' lifetimes (trt_live, trt_freed)
   pycuda_driver.py     make_pycuda: `pycuda` and `pycuda.driver`; the pycuda.autoinit guard
   driver_api.py        make_cuda_python (`cuda.bindings.driver` / `cuda.cuda`), FakeLibCuda
   tensorrt_runtime.py  make_tensorrt, engine_blob, write_engine (engines, runtime)

@@ -58,6 +58,8 @@ def make_cuda_python(gpu: FakeGpu, module_name: str) -> types.ModuleType:
         CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY = 19
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = CC_MAJOR
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = CC_MINOR
+        CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED = 99
+        CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED = 113
 
     def _int(handle) -> int:
         return 0 if handle is None else int(handle)
@@ -119,6 +121,16 @@ def make_cuda_python(gpu: FakeGpu, module_name: str) -> types.ModuleType:
         status, ms = gpu.cu_event_elapsed(via, _int(hStart), _int(hEnd))
         return CUresult(status), ms
 
+    def cuMemHostRegister(p, bytesize, Flags):
+        return (CUresult(gpu.cu_host_register(via, int(p), int(bytesize), int(Flags))),)
+
+    def cuMemHostGetDevicePointer(p, Flags):
+        status, device = gpu.cu_host_device_pointer(via, int(p), int(Flags))
+        return CUresult(status), CUdeviceptr(device)
+
+    def cuMemHostUnregister(p):
+        return (CUresult(gpu.cu_host_unregister(via, int(p))),)
+
     def cuMemcpyHtoDAsync(dstDevice, srcHost, ByteCount, hStream):
         return (CUresult(gpu.cu_memcpy(via, "HtoD", _int(dstDevice), int(srcHost), ByteCount,
                                        _int(hStream))),)
@@ -158,6 +170,9 @@ PROTOTYPES = {
     "cuMemcpyHtoDAsync_v2": [ctypes.c_uint64, _P, ctypes.c_size_t, _P],
     "cuMemcpyDtoHAsync_v2": [_P, ctypes.c_uint64, ctypes.c_size_t, _P],
     "cuGetErrorName": [_I, ctypes.POINTER(ctypes.c_char_p)],
+    "cuMemHostRegister_v2": [_P, ctypes.c_size_t, _U],
+    "cuMemHostGetDevicePointer_v2": [ctypes.POINTER(ctypes.c_uint64), _P, _U],
+    "cuMemHostUnregister": [_P],
 }
 _NAMES = {status: name.encode() for status, name in ERROR_NAMES.items()}   # kept alive: C reads
 _UNKNOWN = b"CUDA_ERROR_UNKNOWN"
@@ -254,6 +269,17 @@ class FakeLibCuda:
 
         def cuMemcpyDtoHAsync_v2(dst, src, nbytes, stream):
             return gpu.cu_memcpy(via, "DtoH", dst or 0, src, nbytes, stream or 0)
+
+        def cuMemHostRegister_v2(host, nbytes, flags):
+            return gpu.cu_host_register(via, host or 0, nbytes, flags)
+
+        def cuMemHostGetDevicePointer_v2(device, host, flags):
+            status, value = gpu.cu_host_device_pointer(via, host or 0, flags)
+            device[0] = value
+            return status
+
+        def cuMemHostUnregister(host):
+            return gpu.cu_host_unregister(via, host or 0)
 
         def cuGetErrorName(status, text):
             text[0] = _NAMES.get(status, _UNKNOWN)

@@ -3,10 +3,19 @@ from __future__ import annotations
 
 import itertools
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from tests.fakes_cuda.host_register import (
+    ALREADY_REGISTERED,
+    NOT_REGISTERED,
+    HostRegisterMixin,
+    Registration,
+)
+from tests.fakes_cuda.lifetimes import Lifetimes
 
 SUCCESS, INVALID_VALUE, NOT_INITIALIZED, INVALID_DEVICE = 0, 1, 3, 101
 INVALID_CONTEXT, INVALID_HANDLE, NOT_READY = 201, 400, 600
@@ -14,7 +23,9 @@ ERROR_NAMES = {SUCCESS: "CUDA_SUCCESS", INVALID_VALUE: "CUDA_ERROR_INVALID_VALUE
                NOT_INITIALIZED: "CUDA_ERROR_NOT_INITIALIZED",
                INVALID_DEVICE: "CUDA_ERROR_INVALID_DEVICE",
                INVALID_CONTEXT: "CUDA_ERROR_INVALID_CONTEXT",
-               INVALID_HANDLE: "CUDA_ERROR_INVALID_HANDLE", NOT_READY: "CUDA_ERROR_NOT_READY"}
+               INVALID_HANDLE: "CUDA_ERROR_INVALID_HANDLE", NOT_READY: "CUDA_ERROR_NOT_READY",
+               ALREADY_REGISTERED: "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+               NOT_REGISTERED: "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED"}
 DEFAULT_STREAMS = (0, 1, 2)           # NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD
 NON_BLOCKING, BLOCKING_SYNC, DISABLE_TIMING = 0x1, 0x1, 0x2
 DEVICEMAP = 0x2
@@ -52,6 +63,7 @@ class Stream:
     destroyed: bool = False
     unrecorded: list = field(default_factory=list)   # contexts executed since the last record
     tail_us: float = 0.0              # virtual device time when its last enqueued work ends
+    trt_used: bool = False            # TensorRT work was queued on it (execute, profile switch)
 
 
 @dataclass
@@ -64,7 +76,7 @@ class Event:
     time_us: float | None = None      # its stream's virtual time when recorded
 
 
-class FakeGpu:
+class FakeGpu(HostRegisterMixin, Lifetimes):
     """The simulated device and its driver state, shared by all the fake modules."""
 
     def __init__(self, integrated: bool = True, priority_range: tuple[int, int] = (0, -5)):
@@ -84,7 +96,14 @@ class FakeGpu:
         self.events: dict[int, Event] = {}
         self.device: dict[int, Allocation] = {}     # device address -> allocation
         self.host: dict[int, Allocation] = {}       # host address -> pinned/mapped allocation
-        self.contexts: list = []                    # every execution context created
+        self.registered: dict[int, Registration] = {}   # cuMemHostRegister'd, by host address
+        self.host_register_supported = True             # CU_DEVICE_ATTRIBUTE_ 99 and 113
+        self.read_only_register_supported = True
+        self._contexts: list[weakref.ref] = []      # every execution context created
+        # TensorRT objects alive (tensorrt_runtime.py, tensorrt_context.py): (kind, id) ->
+        # (name, device bytes it holds); `trt_freed` lists what was destroyed, in order.
+        self.trt_live: dict[tuple[str, int], tuple[str, int]] = {}
+        self.trt_freed: list[tuple[str, str]] = []
         self._stacks: dict[int, list[int]] = {}     # thread ident -> the DRIVER's context stack
         self.pycuda_stacks: dict[int, list] = {}    # thread ident -> pycuda's own (make_pycuda)
         self._lock = threading.RLock()
@@ -143,6 +162,12 @@ class FakeGpu:
             if self.retains <= 0:
                 self.violate("cuDevicePrimaryCtxRelease without a retain")
             self.retains -= 1
+            last = self.retains == 0
+        if last:
+            self._trt_alive("the primary context released")
+            if self.live_allocations():
+                self.violate(f"the primary context released with {len(self.live_allocations())}"
+                             " allocation(s) never freed")
 
     def unbalanced(self) -> dict[int, int]:
         """Threads whose driver stack still holds contexts."""
@@ -192,11 +217,19 @@ class FakeGpu:
         self.need_context(f"free {alloc.kind}")
         if alloc.freed:
             self.violate(f"{alloc.kind} allocation freed twice")
+        for context in self.contexts:
+            if context.running() and alloc.device_ptr in context.addresses.values():
+                self.violate(f"{alloc.kind} allocation {alloc.device_ptr:#x} freed while "
+                             f"execution context {context.id}, which reads it, runs")
         alloc.freed = True
         self.record("free", alloc.kind, alloc.device_ptr or alloc.host_ptr)
 
     def device_view(self, ptr: int, nbytes: int, what: str) -> np.ndarray | None:
         alloc = self.device.get(ptr)
+        if alloc is None:
+            inside = self._registered_at(ptr, nbytes, device=True)
+            if inside is not None:
+                return inside
         if alloc is None or alloc.freed:
             self.violate(f"{what}: {ptr:#x} is not a live device-visible allocation")
             return None
@@ -234,7 +267,9 @@ class FakeGpu:
         if not self.initialized:
             return NOT_INITIALIZED, 0
         values = {CC_MAJOR: self.compute_capability[0], CC_MINOR: self.compute_capability[1],
-                  18: int(self.integrated), 19: 1, 16: 8}   # INTEGRATED, CAN_MAP_HOST, SMs
+                  18: int(self.integrated), 19: 1, 16: 8,   # INTEGRATED, CAN_MAP_HOST, SMs
+                  99: int(self.host_register_supported),
+                  113: int(self.read_only_register_supported)}
         if int(device) != 0:
             return INVALID_DEVICE, 0
         if int(attribute) not in values:
@@ -273,6 +308,8 @@ class FakeGpu:
         if stream is None or stream.destroyed:
             self.violate(f"cuStreamDestroy of {handle:#x}, not a live stream")
             return INVALID_HANDLE
+        if stream.trt_used:
+            self._trt_alive(f"stream {handle:#x} destroyed")
         stream.destroyed = True
         return SUCCESS
 
@@ -355,6 +392,9 @@ class FakeGpu:
         if event is None or event.destroyed:
             self.violate(f"cuEventDestroy of {handle:#x}, not a live event")
             return INVALID_HANDLE
+        recorded_on = self.streams.get(event.recorded_on)
+        if recorded_on is not None and recorded_on.trt_used:
+            self._trt_alive(f"event {handle:#x} destroyed")
         event.destroyed = True
         return SUCCESS
 
@@ -367,6 +407,14 @@ class FakeGpu:
             return INVALID_HANDLE
         host_ptr, dev_ptr = (src, dst) if direction == "HtoD" else (dst, src)
         host = self.host.get(host_ptr)
+        registered = None if host is not None else self._registered_at(host_ptr, int(nbytes),
+                                                                         device=False)
+        if registered is not None and direction == "HtoD":   # from registered (pinned) pages
+            device = self.device_view(dev_ptr, int(nbytes), op)
+            if device is None:
+                return INVALID_VALUE
+            device[:] = registered
+            return SUCCESS
         if host is None or host.freed:
             self.violate(f"{op}: {host_ptr:#x} is not live pinned host memory (pageable memory "
                          "makes the copy synchronous)")

@@ -26,13 +26,25 @@ def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype,   # noqa:
                        IProfiler=None):   # noqa: N803
     class IExecutionContext:
         def __init__(self, engine, context_id: int, profile: int, own_memory: bool):
+            # The bindings' keep_alive<0, 1>: a context keeps its engine alive.
             self.engine, self.id, self.profile = engine, context_id, profile
             self.scratch = context_id if own_memory else None   # whose scratch it runs on
+            gpu.trt_created("execution context", context_id, f"{engine.name}#{context_id}",
+                            engine.device_memory_bytes if own_memory else 0)
             self.shapes: dict[str, tuple] = {}
             self.addresses: dict[str, int] = {}
             self.busy: threading.Event | None = None   # completion of its last launch
             self.switched_on: int | None = None        # stream of a profile switch not waited
             self._profiler = None
+
+        def __del__(self):
+            """Its destructor frees its scratch memory: never while a launch of it runs."""
+            try:
+                problems = [f"execution context {self.id} destroyed while its launch runs"] \
+                    if self.running() else []
+                gpu.trt_destroyed("execution context", self.id, problems)
+            except Exception:    # a destructor must not raise (unraisable-exception warnings)
+                pass
 
         @property
         def profiler(self):
@@ -66,6 +78,7 @@ def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype,   # noqa:
                 raise RuntimeError("Error in set optimization profile async.")
             if self.running():
                 gpu.violate(f"execution context {self.id}: profile switched while it runs")
+            gpu.streams[stream_handle].trt_used = True
             self.profile = profile_index
             self.shapes = {n: s for n, s in self.shapes.items() if n not in self.engine.dynamic}
             self.switched_on = stream_handle
@@ -150,6 +163,7 @@ def make_context_class(gpu: FakeGpu, major: int, TensorIOMode, nptype,   # noqa:
                 return False
             if not stream.flags & NON_BLOCKING:
                 gpu.violate("execute_async_v3 on a blocking stream (syncs with the default one)")
+            stream.trt_used = True
             if self.engine.dynamic and self.profile < 0:
                 gpu.record("trt.error", f"context {self.id}: no optimization profile selected")
                 return False                  # 8.6: enqueue fails until a profile is selected

@@ -8,7 +8,16 @@ TensorRT 8.6.1 and 10.x (the execution context itself is in tensorrt_context.py)
     deserialized; `num_DLA_cores` is the device's;
   - an engine deserializes only under the TensorRT major it was built with and, when its blob
     names one, on a GPU of its compute capability;
-  - the DataType members (and `nptype`) of each version: no BF16, INT64 or INT4 on 8.6.
+  - the DataType members (and `nptype`) of each version: no BF16, INT64 or INT4 on 8.6;
+  - lifetimes as the bindings have them (pyCore.cpp: keep_alive<0, 1> on
+    `deserialize_cuda_engine` and `create_execution_context`): a context keeps its engine
+    alive, an engine its runtime, so Python frees them in that order by itself. What is left
+    to the backend, and checked (gpu.py `trt_destroyed`, `_trt_alive`): every destructor runs
+    with the primary context current and before it is released, a context is never destroyed
+    while its launch runs, the streams and events TensorRT used are destroyed after every
+    TensorRT object, and nothing of an unloaded model stays alive (`gpu.trt_live`). An
+    engine holds its serialized size in device memory, a context its scratch
+    (`device_memory_size`; `_v2` and `get_device_memory_size_for_profile_v2` from 10.1).
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import importlib.machinery
 import itertools
 import json
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +40,7 @@ DEFAULT_RANGE = (1, 1, 64)            # a dynamic dim's (min, opt, max) when a t
 def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
                 profiles: int | list | None = None, dla_core: int | None = None,
                 compute_capability: str | None = None, duration_us: float = 100.0,
-                layers: list | None = None) -> bytes:
+                layers: list | None = None, device_memory: int = 65536) -> bytes:
     """A fake serialized engine. inputs: {name: (dtype, shape)}; outputs: {name: (dtype, shape,
     source input, addend)}: output = source + addend. -1 dims are dynamic; an output's -1
     dims take its source's dims. profiles (engines with dynamic inputs): a list of {input:
@@ -38,7 +48,8 @@ def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
     dim in DEFAULT_RANGE (default 1). dla_core: built for DLA. compute_capability: "8.7":
     only a GPU of that capability deserializes it. layers: [(layer name, us)] as the engine
     reports them to an IProfiler (default: one layer "<name>/layer0" of `duration_us`); an
-    execute lasts their sum of virtual device time on its stream (times gpu.slowdown())."""
+    execute lasts their sum of virtual device time on its stream (times gpu.slowdown()).
+    device_memory: each execution context's scratch bytes (the engine's device_memory_size)."""
     layers = [list(x) for x in layers] if layers else [[f"{name}/layer0", duration_us]]
     dynamic = {n: s for n, (_, s) in inputs.items() if -1 in s}
     if not isinstance(profiles, list):
@@ -53,7 +64,7 @@ def engine_blob(name: str, inputs: dict, outputs: dict, trt_major: int = 10, *,
                        "profiles": [{n: [list(d) for d in r] for n, r in p.items()}
                                     for p in profiles],
                        "dla_core": dla_core, "compute_capability": compute_capability,
-                       "layers": layers}).encode()
+                       "layers": layers, "device_memory": int(device_memory)}).encode()
 
 
 def write_engine(path: Path, name: str, inputs: dict, outputs: dict, trt_major: int = 10,
@@ -67,6 +78,9 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     trt.__version__ = version
     major = int(version.split(".")[0])
+    minor = int((version.split(".") + ["0"])[1])
+    engine_ids = itertools.count()
+    runtime_ids = itertools.count()
     context_ids = itertools.count()
 
     class TensorIOMode(enum.Enum):
@@ -121,8 +135,13 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
     IExecutionContext = make_context_class(gpu, major, TensorIOMode, nptype, IProfiler)
 
     class ICudaEngine:
-        def __init__(self, spec: dict, dla_core: int | None):
+        def __init__(self, spec: dict, dla_core: int | None, runtime, nbytes: int):
             self.name = spec["fake_trt_engine"]
+            self._runtime = runtime                # keep_alive<0, 1>: the runtime outlives it
+            self._id = next(engine_ids)
+            self.device_memory_bytes = int(spec.get("device_memory", 65536))
+            runtime._engines.add(self)
+            gpu.trt_created("engine", self._id, self.name, nbytes)   # its weights, on the GPU
             self._io = {n: (TensorIOMode.INPUT, by_name[d], tuple(s), None)
                         for n, (d, s) in spec["inputs"].items()}
             self._io |= {n: (TensorIOMode.OUTPUT, by_name[d], tuple(s), (src, add))
@@ -133,8 +152,36 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
             self.profiles = [{n: tuple(tuple(d) for d in r) for n, r in p.items()}
                              for p in spec.get("profiles") or []]
             self.dla_core = dla_core           # the core it runs on (None: a GPU engine)
-            self.contexts: list = []
+            self._contexts: list[weakref.ref] = []
             self.layers = [(str(n), float(us)) for n, us in spec.get("layers") or []]
+
+        def __del__(self):
+            try:
+                live = [c.id for c in self.contexts]
+                problems = [f"engine {self.name} destroyed while its execution contexts {live} "
+                            "live"] if live else []
+                gpu.trt_destroyed("engine", self._id, problems)
+            except Exception:    # a destructor must not raise (unraisable-exception warnings)
+                pass
+
+        @property
+        def contexts(self) -> list:
+            return [c for c in (r() for r in self._contexts) if c is not None]
+
+        @property
+        def device_memory_size(self) -> int:
+            """Scratch of one context, the largest over the profiles (deprecated in 10.1)."""
+            return self.device_memory_bytes
+
+        if (major, minor) >= (10, 1):
+            @property
+            def device_memory_size_v2(self) -> int:
+                return self.device_memory_bytes
+
+            def get_device_memory_size_for_profile_v2(self, profile_index: int) -> int:
+                if not 0 <= profile_index < self.num_optimization_profiles:
+                    raise RuntimeError("profile index out of range")
+                return self.device_memory_bytes
 
         @property
         def num_io_tensors(self) -> int:
@@ -192,8 +239,8 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
             else:      # 8.6: profile 0 only if no other context holds it; later ones get none
                 profile = -1 if any(c.profile == 0 for c in self.contexts) else 0
             context = IExecutionContext(self, next(context_ids), profile, own_memory)
-            self.contexts.append(context)
-            gpu.contexts.append(context)
+            self._contexts.append(weakref.ref(context))
+            gpu._contexts.append(weakref.ref(context))
             gpu.record("create_execution_context", self.name, context.id, profile)
             return context
 
@@ -204,6 +251,17 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
             gpu.need_context("Runtime()")
             self.logger = logger
             self._dla_core = -1
+            self._id = next(runtime_ids)
+            self._engines: weakref.WeakSet = weakref.WeakSet()
+            gpu.trt_created("runtime", self._id, f"runtime{self._id}")
+
+        def __del__(self):
+            try:
+                live = [e.name for e in self._engines]
+                problems = [f"runtime destroyed while engines {live} live"] if live else []
+                gpu.trt_destroyed("runtime", self._id, problems)
+            except Exception:    # a destructor must not raise (unraisable-exception warnings)
+                pass
 
         @property
         def num_DLA_cores(self) -> int:      # noqa: N802 (the real name)
@@ -239,7 +297,7 @@ def make_tensorrt(gpu: FakeGpu, version: str = "10.3.0") -> types.ModuleType:
             if built_for and built_for != "{}.{}".format(*gpu.compute_capability):
                 return None
             dla = None if spec.get("dla_core") is None else max(self._dla_core, 0)
-            return ICudaEngine(spec, dla)
+            return ICudaEngine(spec, dla, self, len(bytes(blob)))
 
     for name, value in list(locals().items()):
         if (isinstance(value, type) and name != "strategies") or name == "nptype":

@@ -231,23 +231,32 @@ def test_stop_delivers_the_last_replies_before_closing(start_server, model_files
     assert outcomes == "." * requests, f"requests left without a reply: {outcomes}"
 
 
-class _EngineGate:
-    """Holds the engine thread inside backend.poll until released.
+class _LaunchGate:
+    """Holds every launch the engine makes until released, then hands them to the backend.
 
-    Stands in for a busy machine where the engine thread is not scheduled for a moment: requests
-    the IO thread has accepted wait in the engine's inbox meanwhile.
+    Stands in for a device busy with earlier work: requests the server has accepted wait in the
+    engine meanwhile, queued or launched but not running.
     """
 
     def __init__(self, server: Server):
-        self.entered, self.released = threading.Event(), threading.Event()
-        self._poll = server.backend.poll
-        server.backend.poll = self._gated_poll
+        self.released = threading.Event()
+        self._lock = threading.Lock()
+        self._held: list = []
+        self._launch = server.backend.launch
+        server.backend.launch = self._gated_launch
 
-    def _gated_poll(self, timeout_s: float):
-        if not self.released.is_set():
-            self.entered.set()
-            self.released.wait(STOP_JOIN_S)
-        return self._poll(timeout_s)
+    def _gated_launch(self, launch) -> None:
+        with self._lock:
+            if not self.released.is_set():
+                return self._held.append(launch)
+        self._launch(launch)
+
+    def release(self) -> None:
+        with self._lock:
+            self.released.set()
+            held, self._held = self._held, []
+        for launch in held:           # the backend's launch is a thread-safe queue put
+            self._launch(launch)
 
 
 def _probe_until_shutting_down(sock: zmq.Socket, x: np.ndarray) -> tuple[list[int], list[int]]:
@@ -277,15 +286,14 @@ def test_stop_finishes_accepted_requests_within_the_drain_timeout(start_server, 
     inputs = [slow_input(seed) for seed in range(6)]
     expected = [ort_run(model_files.slow, x)[SLOW_OUTPUT[0]] for x in inputs]
     probe = raw_sockets.open(endpoint)
-    gate = _EngineGate(server)
+    gate = _LaunchGate(server)
     try:
-        assert gate.entered.wait(STOP_JOIN_S)
         with Client(endpoint, timeout_s=STOP_JOIN_S) as c:
             pending = [c.submit("slow", x) for x in inputs]
-            c.ping()                  # all 6 were read, checked and handed to the engine
+            c.ping()                  # all 6 were read, checked and are in the engine
             stopper = _stop_in_background(server)
             accepted, refused = _probe_until_shutting_down(probe, inputs[0]["x"])
-            gate.released.set()       # intake is closed: now let the engine see its inbox
+            gate.release()            # intake is closed: now let the device run them
             outcomes = []
             for p, want in zip(pending, expected):
                 try:
@@ -301,7 +309,7 @@ def test_stop_finishes_accepted_requests_within_the_drain_timeout(start_server, 
                 assert (reply.kind, reply.header.get("code")) == want, reply.header
             stopper.join(STOP_JOIN_S)
     finally:
-        gate.released.set()
+        gate.release()
     assert not stopper.is_alive(), "stop() did not return"
     # 60 s of drain time is plenty: requests accepted before stop() must run, not be refused.
     assert outcomes == ["ok"] * 6

@@ -4,6 +4,7 @@ tests/fakes_cuda_probes, joined as one device (tests/fakes_cuda/probes_bridge.py
 telemetry reader that reports fixed GPU load and EMC utilization."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -162,21 +163,30 @@ def test_the_fake_profiler_is_as_strict_as_the_binding(stack):
     class Forgot(trt.IProfiler):
         def __init__(self):        # never calls IProfiler.__init__: pybind11 refuses it
             self.x = 1
-    context = _context(trt, stack[0])
+    with _pushed(stack[0]):
+        context = _context(trt)
     with pytest.raises(TypeError):
         context.profiler = Forgot()
     with pytest.raises(TypeError):
         context.profiler = object()
+    with _pushed(stack[0]):          # its destructor frees device memory: in the context
+        del context
 
 
-def _context(trt, fake):
+def _context(trt):
     from tests.fakes_cuda.tensorrt_runtime import engine_blob
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(
+        engine_blob("e", {"x": ("float32", (1, 4))}, {"y": ("float32", (1, 4), "x", 1.0)}))
+    return engine.create_execution_context()
+
+
+@contextlib.contextmanager
+def _pushed(fake):
+    """The primary context retained and current, as the backend has it around TensorRT calls."""
     fake.gpu.ctx_push(fakes_cuda.PRIMARY_HANDLE)
     fake.gpu.retains += 1
     try:
-        engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(
-            engine_blob("e", {"x": ("float32", (1, 4))}, {"y": ("float32", (1, 4), "x", 1.0)}))
-        return engine.create_execution_context()
+        yield
     finally:
         fake.gpu.retains -= 1
         fake.gpu.ctx_pop()

@@ -343,3 +343,26 @@ def test_unknown_policy_is_a_config_error_naming_the_key():
     assert "'round-robin'" in message
     for known in ("fifo", "greedy", "priority"):
         assert known in message
+
+
+# --- a realtime and a best-effort queue of one slice share its instances ------------------
+
+@pytest.mark.parametrize("policy, first", [(Greedy(), 1), (PriorityStreams(), 2)],
+                         ids=lambda p: getattr(p, "name", ""))
+def test_requests_of_one_slice_in_both_classes_share_its_instances(policy, first):
+    # Request 2 is realtime by its own priority: it waits in another queue than request 1,
+    # but for the same (model, slice), which has one instance.
+    state = make_state(info("m", instances=1), info("other"), streams=4)
+    admit(state, 1, "m", 0.0)
+    admit(state, 2, "m", 0.1, priority=RT)
+    admit(state, 3, "other", 0.2)
+    p = plan(policy, state)
+    valid(state, p)
+    assert [launch.request_id for launch in p.launches] == [first, 3]
+
+
+def test_fifo_takes_the_oldest_head_across_realtime_and_best_effort_queues():
+    state = make_state(info("m", 2, instances=2), streams=2)
+    admit(state, 1, "m", 0.2, priority=RT)
+    admit(state, 2, "m", 0.1)
+    assert plan(Fifo(), state).launches == (L(2, "m", 0, 0),)

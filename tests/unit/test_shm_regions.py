@@ -86,3 +86,33 @@ def test_a_peer_may_hold_a_bounded_number_of_regions(table, monkeypatch):
     regions.register(PEER, "q1")
     with pytest.raises(InvalidInput, match="too many regions"):
         regions.register(PEER, "q2")
+
+
+@pytest.mark.parametrize("accepted", [True, False])
+def test_the_backend_hears_of_each_mapping_and_gives_it_up_before_the_unmap(tmp_path, accepted):
+    (tmp_path / "r1").write_bytes(np.arange(256, dtype=np.float32).tobytes())
+    told: list = []
+
+    def map_host(address: int, nbytes: int) -> bool:
+        told.append(("map", address, nbytes))
+        return accepted
+
+    def unmap_host(address: int) -> None:
+        region = next(iter(regions._closing), None)
+        told.append(("unmap", address, region is not None and not region.map.closed))
+
+    regions = shm.Regions(None, shm_dir=str(tmp_path), map_host=map_host, unmap_host=unmap_host)
+    regions.register(PEER, "r1")
+    regions.register(OTHER, "r1")                  # mapped once: the backend hears once
+    inputs, used = regions.resolve(PEER, {"x": ref(16)})
+    address = told[0][1]
+    assert told == [("map", address, 1024)]
+    assert inputs["x"].ctypes.data == address + 16    # the address is the mapping's
+    regions.unregister(PEER, "r1")
+    regions.unregister(OTHER, "r1")
+    assert len(told) == 1                          # a request still reads it: still mapped
+    del inputs
+    regions.release(used)
+    # handed back while still mapped, and only if the backend took it
+    assert told[1:] == ([("unmap", address, True)] if accepted else [])
+    regions.close()

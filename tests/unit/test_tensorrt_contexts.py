@@ -175,6 +175,9 @@ def test_the_fake_tensorrt_keeps_the_profile_rules(cuda, version):
     assert runtime.DLA_core == -1 and runtime.num_DLA_cores == 2
     np.testing.assert_array_equal(gpu.device[first.addresses["b"]].array[:24].view(np.float32),
                                   np.ones(6, np.float32))
+    del first, second, engine, runtime      # destroyed before the context goes, as it must
+    for alloc in gpu.live_allocations():
+        gpu.free(alloc)
     fake.pycuda_driver.Context.pop()
     primary.push()
     primary.detach()

@@ -26,6 +26,7 @@ from edgesched.types import Priority
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "configs" / "workloads"
 WORKLOAD_MODELS = REPO / "engines" / "workloads"
+BATCH_MODELS = REPO / "engines" / "batching"      # dynamic batch dims (make_batch_detector.py)
 # file -> the device it is written for and its models, realtime ones first.
 EXPECTED = {
     "camera.yaml": ("orin-nano", ["detector", "classifier", "segmenter"]),
@@ -34,6 +35,7 @@ EXPECTED = {
     "xavier.yaml": ("xavier-agx", ["classifier", "detector", "reid"]),
     "longlayer-nano.yaml": ("orin-nano", ["detector", "vgg", "classifier"]),
     "longlayer-nx.yaml": ("orin-nx", ["segmenter", "vgg", "classifier"]),
+    "cameras-batching.yaml": ("orin-nano", ["detector", "segmenter"]),
 }
 
 
@@ -52,7 +54,7 @@ def test_shipped_workload_parses(name):
     assert (w.device, [m.name for m in w.models]) == (device, models)
     assert w.source == str(path) and w.duration_s > 0
     for m in w.models:
-        assert m.path.parent == WORKLOAD_MODELS and m.path.is_file()
+        assert m.path.parent in (WORKLOAD_MODELS, BATCH_MODELS) and m.path.is_file()
         # Realtime models are sliced (decision points); a small best-effort model may run
         # whole, overlapping on several instances instead.
         assert m.slices == AUTO or (

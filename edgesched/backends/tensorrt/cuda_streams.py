@@ -30,6 +30,8 @@ CU_EVENT_DISABLE_TIMING = 0x2      # cheaper record; we time completions on the 
 EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING
 TIMING_EVENT_FLAGS = CU_EVENT_BLOCKING_SYNC   # calibration: timed on the device, waits sleep
 CC_MAJOR, CC_MINOR = 75, 76        # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR
+HOST_REGISTER, READ_ONLY_REGISTER = 99, 113   # ..._HOST_REGISTER_SUPPORTED, ..._READ_ONLY_...
+CU_MEMHOSTREGISTER_DEVICEMAP = 0x2
 NAME_BYTES = 256                   # cuDeviceGetName buffer (names are far shorter)
 LIBCUDA = "libcuda.so.1"
 
@@ -57,6 +59,14 @@ class Driver(Protocol):
 
     def event_elapsed_ms(self, start: int, end: int) -> float:
         """Device milliseconds between two completed timing events (cuEventElapsedTime)."""
+
+    def host_register(self, host: int, nbytes: int, flags: int) -> int:
+        """cuMemHostRegister; the range's device address with DEVICEMAP in flags, else 0."""
+
+    def host_unregister(self, host: int) -> None: ...
+
+    def host_register_support(self, ordinal: int) -> tuple[bool, bool]:
+        """(HOST_REGISTER_SUPPORTED, READ_ONLY_HOST_REGISTER_SUPPORTED) of device `ordinal`."""
 
     def event_record(self, event: int, stream: int) -> None: ...
 
@@ -109,6 +119,9 @@ _SIGNATURES = {
     "cuDeviceGet": [ctypes.POINTER(ctypes.c_int), ctypes.c_int],
     "cuDeviceGetAttribute": [ctypes.POINTER(ctypes.c_int), ctypes.c_int, ctypes.c_int],
     "cuDeviceGetName": [ctypes.c_char_p, ctypes.c_int, ctypes.c_int],
+    "cuMemHostRegister_v2": [_P, ctypes.c_size_t, ctypes.c_uint],
+    "cuMemHostGetDevicePointer_v2": [ctypes.POINTER(ctypes.c_uint64), _P, ctypes.c_uint],
+    "cuMemHostUnregister": [_P],
 }
 
 
@@ -185,6 +198,28 @@ class CtypesDriver:
         name = ctypes.create_string_buffer(NAME_BYTES)
         self._call("cuDeviceGetName", name, NAME_BYTES, device)
         return name.value.decode(errors="replace"), (major.value, minor.value)
+
+    def host_register(self, host: int, nbytes: int, flags: int) -> int:
+        self._call("cuMemHostRegister_v2", host, nbytes, flags)
+        if not flags & CU_MEMHOSTREGISTER_DEVICEMAP:
+            return 0
+        device = ctypes.c_uint64()
+        try:
+            self._call("cuMemHostGetDevicePointer_v2", ctypes.byref(device), host, 0)
+        except CudaDriverError:
+            self._call("cuMemHostUnregister", host)
+            raise
+        return device.value
+
+    def host_unregister(self, host: int) -> None:
+        self._call("cuMemHostUnregister", host)
+
+    def host_register_support(self, ordinal: int) -> tuple[bool, bool]:
+        device, values = ctypes.c_int(), [ctypes.c_int(), ctypes.c_int()]
+        self._call("cuDeviceGet", ctypes.byref(device), ordinal)
+        for value, attribute in zip(values, (HOST_REGISTER, READ_ONLY_REGISTER)):
+            self._call("cuDeviceGetAttribute", ctypes.byref(value), attribute, device)
+        return bool(values[0].value), bool(values[1].value)
 
 
 # --- cuda-python -------------------------------------------------------------------------------
@@ -273,6 +308,27 @@ class CudaPythonDriver:
         (name,) = self._call("cuDeviceGetName", NAME_BYTES, device)
         text = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
         return text, (int(major), int(minor))
+
+    def host_register(self, host: int, nbytes: int, flags: int) -> int:
+        self._call("cuMemHostRegister", host, nbytes, flags)
+        if not flags & CU_MEMHOSTREGISTER_DEVICEMAP:
+            return 0
+        try:
+            (device,) = self._call("cuMemHostGetDevicePointer", host, 0)
+        except CudaDriverError:
+            self._call("cuMemHostUnregister", host)
+            raise
+        return int(device)
+
+    def host_unregister(self, host: int) -> None:
+        self._call("cuMemHostUnregister", host)
+
+    def host_register_support(self, ordinal: int) -> tuple[bool, bool]:
+        (device,) = self._call("cuDeviceGet", ordinal)
+        attribute = getattr(self._cu, "CUdevice_attribute", int)
+        (registers,) = self._call("cuDeviceGetAttribute", attribute(HOST_REGISTER), device)
+        (read_only,) = self._call("cuDeviceGetAttribute", attribute(READ_ONLY_REGISTER), device)
+        return bool(registers), bool(read_only)
 
 
 def open_driver() -> Driver:

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgesched.backends import blobs
+from edgesched.backends.blobs import Blobs
 from edgesched.backends.tensorrt import tags
 from edgesched.backends.tensorrt.slices import Slice
 from edgesched.backends.tensorrt.state import Model
@@ -34,9 +36,14 @@ class Loader:
         self.compute_capability = compute_capability
         self._select_on, self._synchronize = select_on, synchronize
         self._engines: dict[tuple[Path, int | None], object] = {}
+        self._sizes: dict[tuple[Path, int | None], int] = {}   # serialized bytes per engine
+        self.blobs: Blobs | None = None      # engine files kept in host RAM (blobs.py)
 
     def clear(self) -> None:
+        """Drop the engines, then the runtime (each engine keeps its runtime alive through
+        the bindings, so the runtime goes with the last engine whichever order)."""
         self._engines.clear()
+        self._sizes.clear()
         self._runtime = None
 
     def release(self, model: Model, others) -> None:
@@ -45,16 +52,21 @@ class Loader:
         for piece in model.slices:
             piece.free.clear()
             piece.contexts.clear()
-        in_use = {id(piece.engine) for m in others for piece in m.slices}
-        for key in [k for k, e in self._engines.items() if id(e) not in in_use]:
-            del self._engines[key]
+        self.purge(others)
         for piece in model.slices:
             piece.engine = None
+
+    def purge(self, others) -> None:
+        """Drop the cached engines no model in `others` uses (their last reference, unless
+        a live context still holds one). The primary context must be current."""
+        in_use = {id(piece.engine) for m in others for piece in m.slices}
+        for key in [k for k, e in self._engines.items() if id(e) not in in_use]:
+            del self._engines[key], self._sizes[key]
 
     def load(self, path: Path, instances: int) -> Model:
         if path.is_dir():
             return self._sliced(path, instances)
-        if path.suffix in ENGINE_SUFFIXES and path.is_file():
+        if path.suffix in ENGINE_SUFFIXES and self._readable(path):
             piece = self._slice(path, instances, None)
             return Model([piece], [piece.spec(n) for n in piece.inputs],
                          [piece.spec(n) for n in piece.outputs])
@@ -66,9 +78,15 @@ class Loader:
         raise ModelLoadError(f"{path}: not a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}) "
                              "nor a sliced directory with manifest.json")
 
+    def _readable(self, path: Path) -> bool:
+        """On disk, or its bytes kept in host RAM (a reload needs no engine file)."""
+        return path.is_file() or (self.blobs is not None and path in self.blobs)
+
     def _slice(self, path: Path, instances: int, dla_core: int | None) -> Slice:
-        return Slice(self._trt, self._engine(path, dla_core), instances, path,
-                     self._select_on, self._synchronize)
+        engine, size = self._engine(path, dla_core)
+        piece = Slice(self._trt, engine, instances, path, self._select_on, self._synchronize)
+        piece.serialized_bytes = size
+        return piece
 
     def _engine(self, path: Path, dla_core: int | None):
         """`dla_core`: the manifest's choice of core (None: the one the tag records)."""
@@ -83,10 +101,7 @@ class Loader:
                 dla_core = tag.dla_core
         key = (path.resolve(), dla_core)
         if key not in self._engines:
-            try:
-                blob = path.read_bytes()
-            except OSError as e:
-                raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from None
+            blob = blobs.read(self.blobs, path)
             if dla_core is not None:
                 cores = int(self._runtime.num_DLA_cores)
                 if not 0 <= dla_core < cores:
@@ -102,8 +117,8 @@ class Loader:
                     f"{path}: TensorRT {self._trt.__version__} cannot deserialize it: most likely "
                     "built for another TensorRT version or another GPU; "
                     + tags.rebuild_hint(tag))
-            self._engines[key] = engine
-        return self._engines[key]
+            self._engines[key], self._sizes[key] = engine, len(blob)
+        return self._engines[key], self._sizes[key]
 
     def _sliced(self, directory: Path, instances: int) -> Model:
         if not (directory / MANIFEST_NAME).is_file():
@@ -117,7 +132,7 @@ class Loader:
         dtypes: dict[str, np.dtype] = {}
         for entry in manifest.slices:
             path = directory / entry.engine
-            if not path.is_file():
+            if not self._readable(path):
                 raise ModelLoadError(f"{path}: no such engine (slices[{entry.index}] in "
                                      f"{MANIFEST_NAME}); run `edgesched build` on the device")
             piece = self._slice(path, instances, entry.dla_core)

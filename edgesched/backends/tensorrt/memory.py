@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 ALIGN = 256                        # pooled buffer sizes round up to this (TensorRT's alignment)
+_BORROWED = object()               # key[0] of a buffer over a client's region (Pool.borrow)
 
 
 class Buffer:
@@ -50,7 +51,19 @@ class Pool:
         self.buffers.append(buf)
         return buf
 
+    def borrow(self, host: np.ndarray, device_ptr: int | None) -> Buffer:
+        """A buffer over memory the pool does not own (a client's registered region, see
+        host_regions.py): read in place at `device_ptr`, or (None) copied from into a pooled
+        device buffer. `give` returns only that device buffer; the region stays the client's."""
+        raw = host.reshape(-1).view(np.uint8)
+        device = None if device_ptr is not None else self.take(False, raw.nbytes)
+        return Buffer((_BORROWED, device), device_ptr if device is None else device.ptr, raw, ())
+
     def give(self, buf: Buffer) -> None:
+        if buf.key[0] is _BORROWED:
+            if buf.key[1] is not None:
+                self.give(buf.key[1])
+            return
         self._free.setdefault(buf.key, []).append(buf)
 
     def free_all(self) -> None:

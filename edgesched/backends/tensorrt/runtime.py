@@ -5,16 +5,19 @@ import logging
 import queue
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from edgesched.backends.base import Doorbell, LoadedModel
-from edgesched.backends.tensorrt import cuda_streams
+from edgesched.backends.blobs import Blobs
+from edgesched.backends.tensorrt import cuda_streams, footprint
 from edgesched.backends.tensorrt.build import _import_trt
+from edgesched.backends.tensorrt.calibrating import Calibrating
 from edgesched.backends.tensorrt.context import PrimaryContext, device_report, import_pycuda
-from edgesched.backends.tensorrt.layers import make_profiler, node_times_us, read_layer_info
+from edgesched.backends.tensorrt.host_regions import HostRegionsMixin
 from edgesched.backends.tensorrt.loading import ENGINE_SUFFIXES, Loader
 from edgesched.backends.tensorrt.memory import Pool as _Pool
 from edgesched.backends.tensorrt.memory import Tensor as _Tensor
@@ -45,7 +48,7 @@ class _LaunchError(Exception):
     """A launch that cannot be carried out: fails that request only."""
 
 
-class TensorRTBackend:
+class TensorRTBackend(Calibrating, HostRegionsMixin):
     """TensorRT engines in the primary CUDA context, one priority stream per scheduler stream.
 
     `stream_priorities[k]` is stream k's CUDA priority: stream 0 the greatest the context
@@ -76,6 +79,7 @@ class TensorRTBackend:
         self._events: list[int] = []               # free events; _all_events owns them
         self._all_events: list[int] = []
         self._models: dict[str, _Model] = {}
+        self._footprints: dict[str, dict[str, int]] = {}    # model -> footprint.py's bytes
         self._requests: dict[int, _Request] = {}
         self._done = Doorbell()        # rung with each finished launch; the engine's once bound
         self._work: list[queue.SimpleQueue] = []
@@ -109,6 +113,7 @@ class TensorRTBackend:
         self._loader = Loader(trt, runtime, compute_capability, self._streams[-1],
                               self._driver.stream_synchronize)
         self._pool = _Pool(cuda, self.zero_copy)
+        self._open_host_regions()                  # clients' shared memory (host_regions.py)
         for s in range(self.num_streams):
             work: queue.SimpleQueue = queue.SimpleQueue()
             thread = threading.Thread(target=self._wait, args=(work,), daemon=True,
@@ -125,20 +130,50 @@ class TensorRTBackend:
         """`shapes`: the config's shapes or ranges; each must lie inside what the engines were
         built for (their profiles), or the model is refused here rather than every request."""
         with self._current():
-            loaded = self._loader.load(Path(path), max(instances, 1))
-        for name, wanted in (shapes or {}).items():
-            for piece in loaded.readers.get(name, ()):
-                why = piece.refused(name, wanted.min) or piece.refused(name, wanted.max)
-                if why:
-                    raise ModelLoadError(f"{path}: shapes: {name} {wanted} does not fit the "
-                                         f"engines: {why}; rebuild with `edgesched build "
-                                         f"--shape {name}:{wanted}`")
-        self._models[model] = loaded
+            try:
+                loaded = self._loader.load(Path(path), max(instances, 1))
+                for name, wanted in (shapes or {}).items():
+                    for piece in loaded.readers.get(name, ()):
+                        why = piece.refused(name, wanted.min) or piece.refused(name, wanted.max)
+                        if why:
+                            self._loader.release(loaded, list(self._models.values()))
+                            raise ModelLoadError(
+                                f"{path}: shapes: {name} {wanted} does not fit the engines: "
+                                f"{why}; rebuild with `edgesched build --shape {name}:{wanted}`")
+                self._footprints[model] = footprint.model_bytes(loaded, self.zero_copy)
+            except BaseException as e:
+                # A failed load frees what it made now, in the context: the engines it cached,
+                # and the contexts and engines its traceback's frames hold (else they live,
+                # device memory and all, as long as the exception does).
+                traceback.clear_frames(e.__traceback__)
+                self._loader.purge(list(self._models.values()))
+                raise
+        old, self._models[model] = self._models.get(model), loaded
+        if old is not None:     # loaded again under its name: free the old one in the context
+            with self._current():
+                self._loader.release(old, list(self._models.values()))
         return LoadedModel(loaded.inputs, loaded.outputs, len(loaded.slices))
 
+    def footprint_bytes(self, model: str) -> int:
+        """Device bytes of `model`: weights + context scratch + I/O buffers (footprint.py)."""
+        return sum(self._footprints[model].values())
+
+    @property
+    def blobs(self) -> Blobs | None:
+        """Engine files kept in host RAM (serve/residency.py sets it under a memory budget)."""
+        return self._loader.blobs
+
+    @blobs.setter
+    def blobs(self, blobs: Blobs | None) -> None:
+        self._loader.blobs = blobs
+
     def unload(self, model: str) -> None:
-        with self._current():      # contexts, then engines no other model uses (loading.py)
-            self._loader.release(self._models.pop(model), list(self._models.values()))
+        """Idempotent (a model evicted under the budget may be retired by a reload too)."""
+        self._footprints.pop(model, None)
+        gone = self._models.pop(model, None)
+        if gone is not None:
+            with self._current():  # contexts, then engines no other model uses (loading.py)
+                self._loader.release(gone, list(self._models.values()))
 
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
@@ -167,6 +202,10 @@ class TensorRTBackend:
                         continue                          # the launch that reads it fails
                     array = arrays[spec.name]
                     dtype = m.dtypes.get(spec.name, spec.np_dtype)
+                    tensor = self._in_place(array, dtype)     # in a registered region: no copy
+                    if tensor is not None:
+                        request.tensors[spec.name] = tensor
+                        continue
                     tensor = self._tensor(request, spec.name, dtype, array.shape, host=True)
                     np.copyto(tensor.view(), array, casting="unsafe")  # to the engine's dtype
                     tensor.dirty = not self.zero_copy
@@ -297,6 +336,9 @@ class TensorRTBackend:
                     flight.error = flight.error or f"CUDA: {_one_line(e)}"
                 flight.finished_s = time.monotonic()
                 self._done.ring(flight)
+                # The engine thread owns it now; held here until the next launch, its context
+                # (and device memory) would outlive an unload of its model.
+                flight = None
         finally:
             self._primary.pop()
 
@@ -318,63 +360,6 @@ class TensorRTBackend:
                 self._free(request)
         return Completion(flight.launch, flight.started_s, flight.finished_s, flight.error,
                           flight.device_s)
-
-    # --- calibration: probes, telemetry, identity (probing.py) ---------------------------------
-    def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
-        """Start probe kernels on their own least-priority streams: the compute probe on `sm`
-        of the SMs, the streaming probe on `mem` of them (0: none), relaunched until
-        `stop_probe` or `seconds` pass. Compiles the probes (NVRTC) on first use."""
-        try:
-            return self._calibration.launch(self._primary, self.device, sm, mem, seconds)
-        except EdgeschedError:
-            raise
-        except Exception as e:
-            raise BackendUnavailable(f"probe kernels cannot run: {_one_line(e)}") from None
-
-    def stop_probe(self, key: int) -> None:
-        """Stop a probe and wait for its queued chunks (idempotent; unknown keys ignored)."""
-        error = self._calibration.stop(self._primary, key)
-        if error:
-            raise BackendUnavailable(f"probe {key} failed on the GPU: {error}")
-
-    def attach_telemetry(self, reader) -> None:
-        """Sample `reader` (telemetry/) from now on for `telemetry()`; closed with the backend."""
-        self._calibration.attach(reader)
-
-    @property
-    def min_window_s(self) -> float:
-        """The shortest solo window telemetry can average over (0: no telemetry attached)."""
-        return self._calibration.min_window_s
-
-    def telemetry(self) -> tuple[float, float]:
-        """(GPU load, EMC utilization), fractions 0..1, averaged since the previous call."""
-        return self._calibration.window()
-
-    def profile_layers(self, model: str, index: int, on: bool) -> dict[str, float]:
-        """Attach (on) or detach (off) an IProfiler to every execution context of one slice.
-        Detaching returns its ONNX node -> mean microseconds per run, through the layer JSON
-        beside the engine (layers.py); {} where the slice ran no profiled launch."""
-        piece = self._models[model].slices[index]
-        if on:
-            profiler = make_profiler(self._trt)
-            for context in piece.contexts:
-                context.profiler = profiler
-            return {}
-        profiler = piece.contexts[0].profiler if piece.contexts else None
-        for context in piece.contexts:
-            context.profiler = None
-        if profiler is None:
-            return {}
-        return node_times_us(profiler.mean_ms(), read_layer_info(piece.path))
-
-    def identity(self) -> dict:
-        """What a profile measured here is tied to on the software and GPU side."""
-        cuda, dev = self._cuda, self._primary.device
-        version = cuda.get_driver_version()
-        return {"tensorrt": str(self._trt.__version__),
-                "cuda_driver": f"{version // 1000}.{version % 1000 // 10}",
-                "gpu": dev.name(), "compute_capability": "{}.{}".format(*dev.compute_capability()),
-                "sms": int(dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))}
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
         request = self._requests.pop(request_id)
@@ -433,12 +418,14 @@ class TensorRTBackend:
                 log.warning("releasing the primary CUDA context: %s", _one_line(e))
 
     def _free_everything(self) -> None:
+        """The waiters are stopped: nothing runs. I/O buffers first, then execution contexts,
+        then engines (each context keeps its engine alive, each engine its runtime), then
+        events and streams; the primary context is released after (close)."""
         self._done.wait(0.0)                         # flights hold execution contexts
         self._requests.clear()
-        self._models.clear()                         # execution contexts, then engines, runtime
-        if self._loader is not None:
-            self._loader.clear()
-        steps = [("buffers", self._pool.free_all)] if self._pool else []
+        steps = [("host regions", self._host.unregister_all)] if self._host else []
+        steps += [("buffers", self._pool.free_all)] if self._pool else []
+        steps += [("engines", self._drop_engines)]
         steps += [("event", lambda e=e: self._driver.event_destroy(e)) for e in self._all_events]
         steps += [("stream", lambda s=s: self._driver.stream_destroy(s)) for s in self._streams]
         for what, step in steps:
@@ -447,3 +434,11 @@ class TensorRTBackend:
             except Exception as e:
                 log.warning("closing the TensorRT backend: %s: %s", what, _one_line(e))
         self._all_events, self._events, self._streams, self._pool = [], [], [], None
+
+    def _drop_engines(self) -> None:
+        if self._loader is None:                     # the constructor failed before it
+            return
+        for model in list(self._models):
+            self._loader.release(self._models.pop(model), ())
+        self._footprints.clear()
+        self._loader.clear()

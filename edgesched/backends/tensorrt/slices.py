@@ -77,6 +77,7 @@ class Slice:
             synchronize(select_on)
         self.free = list(self.contexts)
         self.engine = engine
+        self.serialized_bytes = 0        # the engine file's size (set by loading.py)
 
     def spec(self, name: str) -> TensorSpec:
         return TensorSpec(name, self.dtypes[name].name,
