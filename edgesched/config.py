@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-from edgesched.batch_config import check_batch
 from edgesched.config_checks import (  # noqa: F401 (re-exported: workload.py checks alike)
     _ABSENT,
     MODEL_SUFFIXES,
@@ -30,6 +29,7 @@ from edgesched.config_checks import (  # noqa: F401 (re-exported: workload.py ch
     _resolve,
     _shapes,
     _Text,
+    check_batch,
     validate_endpoint,
 )
 from edgesched.devices import MODULES
@@ -116,7 +116,7 @@ class ModelConfig:
     # input -> fixed shape or (min, opt, max) range: what costs are estimated at (opt) and
     # what the server accepts (edgesched.shapes); inputs left out take what the model allows
     shapes: dict[str, ShapeRange] = field(default_factory=dict, hash=False)
-    batch: BatchConfig | None = None         # batch: {max, wait_ms}; None: off (batch_config)
+    batch: BatchConfig | None = None         # batch: {max, wait_ms}; None: off (check_batch)
     # The numbered version served when the entry's path is a directory of versions (then
     # `path` is the model inside it); None for a plain path. In a file: the pinned one.
     version: int | None = None

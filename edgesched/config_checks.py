@@ -1,5 +1,14 @@
 """The value checks of config files (config.py) and workload files (commands/workload.py):
-each returns the typed value or raises _Invalid; the caller adds the file and key path."""
+each returns the typed value or raises _Invalid; the caller adds the file and key path.
+
+A model's `batch:` key (check_batch):
+    batch: {max: 4}               requests waiting together run as batches of up to 4 rows
+    batch: {max: 4, wait_ms: 5}   ... and a short batch may wait up to 5 ms for company
+Off when absent. `max` counts rows of the inputs' first dimension, summed over the requests
+merged (a client's own batch of 2 is 2 rows); 1 is the same as off. Only the value is
+checked here: whether the model can batch at all (a dynamic first dimension, a range that
+allows the rows) is checked when it is loaded (sched/batching.check_batchable).
+"""
 from __future__ import annotations
 
 import math
@@ -13,6 +22,7 @@ from edgesched.errors import ConfigError
 from edgesched.modelfiles import versions
 from edgesched.modelfiles.versions import MODEL_SUFFIXES  # noqa: F401 (config.MODEL_SUFFIXES)
 from edgesched.shapes import ShapeError, ShapeRange, parse_mapping
+from edgesched.types import BatchConfig
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Bracketed IPv6, or a host name / IPv4 / interface / `*` without ':' or '/'.
@@ -150,3 +160,31 @@ def validate_endpoint(endpoint: str, source: str, key: str) -> str:
         return _endpoint(endpoint)
     except _Invalid as e:
         raise ConfigError(source, key, e.args[0], _got(e.args[1])) from None
+
+
+# --- a model's batch: key -------------------------------------------------------------------
+BATCH_MAX_SIZE = 256          # rows; more is a typo, not a batch a Jetson runs
+BATCH_MAX_WAIT_MS = 1000.0
+_BATCH_EXPECTED = (f"{{max: N, wait_ms: W}}: max an integer from 1 to {BATCH_MAX_SIZE}, "
+                   f"wait_ms (optional) milliseconds from 0 to {BATCH_MAX_WAIT_MS:g}")
+
+
+def check_batch(v: Any) -> BatchConfig | None:
+    """A model's `batch:` value -> BatchConfig (None: null, off). _Invalid shows the entry
+    at fault as written."""
+    if v is None:
+        return None
+    if not isinstance(v, Mapping):
+        raise _Invalid(_BATCH_EXPECTED, v)
+    unknown = [k for k in v if k not in ("max", "wait_ms")]
+    if unknown:
+        raise _Invalid(_BATCH_EXPECTED, _Text(f"unknown key {_got(unknown[0])}"))
+    if "max" not in v:
+        raise _Invalid(_BATCH_EXPECTED, _Text(f"{_got(dict(v))} without max"))
+    size, wait = v["max"], v.get("wait_ms", 0.0)
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= BATCH_MAX_SIZE:
+        raise _Invalid(_BATCH_EXPECTED, _Text(f"max: {_got(size)}"))
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) \
+            or not 0.0 <= wait <= BATCH_MAX_WAIT_MS:
+        raise _Invalid(_BATCH_EXPECTED, _Text(f"wait_ms: {_got(wait)}"))
+    return BatchConfig(size, float(wait))

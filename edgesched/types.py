@@ -177,6 +177,9 @@ class Plan:
     rejects: tuple[int, ...] = field(default_factory=tuple)
 
 
+EMPTY_PLAN = Plan()     # frozen: one shared instance for every plan that launches nothing
+
+
 @dataclass(frozen=True)
 class Completion:
     """A backend's report that one launch finished (error is None on success)."""

@@ -15,7 +15,6 @@ shapes, costed on first sight and cached.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -35,6 +34,14 @@ from edgesched.backends.sim_device import (
     slice_work,
     work_from_demand,
 )
+from edgesched.backends.sim_jobs import (  # noqa: F401  (constants: sim.X for their users)
+    CACHE_GAMMA,
+    HIGH_PRIORITY_STREAM,
+    PRIORITY_LEAK,
+    Job,
+    completion,
+    contended,
+)
 from edgesched.errors import EdgeschedError, InvalidInput, ModelLoadError
 from edgesched.modelfiles.costmodel import tensor_shapes
 from edgesched.modelfiles.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -42,9 +49,6 @@ from edgesched.modelfiles.shaping import slice_shapes
 from edgesched.shapes import ShapeRange, resolve
 from edgesched.types import Completion, Launch, TensorSpec
 
-HIGH_PRIORITY_STREAM = 0
-PRIORITY_LEAK = 0.2     # share of low-priority SM pressure still felt by high-priority work
-CACHE_GAMMA = 0.4       # memory-time stretch per unit of others' bandwidth use (EMC/L2 term)
 NOISE_SIGMA = 0.03      # lognormal sigma of a launch's run time
 NOISE_BATCH = 256       # noise factors drawn at once
 CONTENTION_CACHED = 4096   # distinct running sets whose contention is kept
@@ -63,48 +67,6 @@ class _Source:
     graphs: list[onnx.ModelProto] | None = None     # loaded on the first other shape
     shaped: dict = field(default_factory=dict)      # shapes key -> (works, output shapes)
     opt_outputs: dict | None = None                 # output shapes at `opt`
-
-
-def fast_constructor(cls, *names: str):
-    """cls(*values for names), the other fields at their defaults, without a frozen
-    dataclass's object.__setattr__ per field (~0.1 us each): for the value made once per
-    simulated launch. The plain constructor where that shortcut would not be the same."""
-    fields = dataclasses.fields(cls)
-    defaults = {f.name: f.default for f in fields if f.name not in names}
-    if (hasattr(cls, "__slots__") or hasattr(cls, "__post_init__")
-            or {f.name for f in fields[:len(names)]} != set(names)
-            or dataclasses.MISSING in defaults.values()):
-        return cls
-    new = object.__new__
-
-    def make(*values):
-        made = new(cls)
-        state = made.__dict__
-        state.update(defaults)
-        state.update(zip(names, values))
-        return made
-    return make
-
-
-_completion = fast_constructor(Completion, "launch", "started_s", "finished_s")
-
-
-class _Job:
-    """One running launch (or probe): a fluid job. A plain class with slots, not a dataclass:
-    one is made per launch, on the simulator's hot path."""
-
-    __slots__ = ("launch", "work", "started_s", "scale", "remaining", "high", "sig")
-
-    def __init__(self, launch: Launch | None, work: SliceWork, started_s: float,
-                 scale: float) -> None:
-        self.launch = launch           # None for a probe
-        self.work = work
-        self.started_s = started_s
-        self.scale = scale             # noise factor on this launch's solo time
-        self.remaining = 1.0           # fraction of the job left
-        # On the high-priority stream (probes never are).
-        self.high = launch is not None and launch.stream == HIGH_PRIORITY_STREAM
-        self.sig: tuple[int, int] = (0, id(work))   # (its key in _jobs, id(work)): set there
 
 
 def _specs_from_graph(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], ...]:
@@ -154,11 +116,11 @@ class SimBackend:
         self._sources: dict[str, _Source] = {}
         # request id -> its own (works, output shapes) when staged at other shapes than opt
         self._request_shapes: dict[int, tuple[list[SliceWork], dict]] = {}
-        self._jobs: dict[int, _Job] = {}          # stream (or -1 - probe id) -> job
+        self._jobs: dict[int, Job] = {}          # stream (or -1 - probe id) -> job
         # _durations() while the set of jobs is unchanged (None: recompute): contention
         # depends only on who runs, and most polls see the same set as the one before.
         self._durations_now: list[float] | None = None
-        # _Job.sig (stream, id(work)) per job, in order -> _contended(): the same few sets
+        # Job.sig (stream, id(work)) per job, in order -> contended(): the same few sets
         # recur.
         self._contention: dict[tuple, tuple] = {}
         self._load_now = (0.0, 0.0)    # (SM busy, bandwidth) of the jobs in _durations_now
@@ -293,7 +255,7 @@ class SimBackend:
             raise RuntimeError(f"stream {launch.stream} is busy")
         shaped = self._request_shapes.get(launch.request_id)
         work = (shaped[0] if shaped else self._work[launch.model])[launch.slice_index]
-        job = self._jobs[launch.stream] = _Job(launch, work, self._now, self._noise())
+        job = self._jobs[launch.stream] = Job(launch, work, self._now, self._noise())
         job.sig = (launch.stream, id(work))
         self._durations_now = None
 
@@ -303,7 +265,7 @@ class SimBackend:
         key = -self._probe_ids
         work = SliceWork(0.0, seconds * 1e6 * (1 - min(mem, 1.0)), seconds * 1e6 * min(mem, 1.0),
                          sm, mem, 1, sm, mem)
-        job = self._jobs[key] = _Job(None, work, self._now, 1.0)
+        job = self._jobs[key] = Job(None, work, self._now, 1.0)
         job.sig = (key, id(work))
         self._durations_now = None
         return key
@@ -369,7 +331,7 @@ class SimBackend:
         out = []
         for k in ended:
             job = jobs.pop(k)
-            out.append(_completion(job.launch, job.started_s, now))
+            out.append(completion(job.launch, job.started_s, now))
         self._durations_now = None
         return out
 
@@ -387,7 +349,7 @@ class SimBackend:
         """Each job's current total duration in seconds, given who runs beside it now, in the
         order of `_jobs`. Contention depends only on which works run on which streams (in
         which order: float sums), so each such set's solo-scale durations are computed once
-        (`_contended`) and only each launch's noise and any slow-down apply per call."""
+        (`contended`) and only each launch's noise and any slow-down apply per call."""
         if self._durations_now is not None and not self._slowdowns:
             return self._durations_now
         jobs = self._jobs
@@ -396,7 +358,8 @@ class SimBackend:
         if found is None:
             if len(self._contention) >= CONTENTION_CACHED:
                 self._contention.clear()
-            found = self._contention[sig] = self._contended()
+            found = self._contention[sig] = contended(
+                list(jobs.values()), self.spec.stream_priorities)
         self._load_now = found[1]
         if self._slowdowns:
             slowed = self._time_factor()
@@ -407,48 +370,6 @@ class SimBackend:
                    for j, b in zip(jobs.values(), found[0])]
         self._durations_now = out
         return out
-
-    def _contended(self) -> tuple[list[float], tuple[float, float], list[SliceWork]]:
-        """(each job's duration in seconds before noise and slow-downs, (SM busy, bandwidth)
-        fractions for telemetry, the works: kept so that their ids, in the cache's key, are
-        not reused). A job feels contention at its own phase peak (SM fill in its
-        compute-bound kernels, bandwidth in its memory-bound ones) against the others'
-        average use."""
-        jobs = self._jobs
-        prioritized = self.spec.stream_priorities
-        p_hi = p_lo = p_mem = 0.0
-        for j in jobs.values():
-            if prioritized and j.high:
-                p_hi += j.work.sm
-            else:
-                p_lo += j.work.sm
-            p_mem += j.work.mem
-        busy = traffic = 0.0
-        for j in jobs.values():
-            busy += j.work.sm
-            traffic += j.work.mem
-        base = []
-        # Blocks of high-priority streams are scheduled first; resident low-priority blocks
-        # are not preempted, so some capacity always remains.
-        left = 1.0 - (1.0 - PRIORITY_LEAK) * (p_hi if p_hi < 1.0 else 1.0)
-        if left < 0.1:
-            left = 0.1
-        for job in jobs.values():
-            w = job.work
-            if prioritized and job.high:
-                sm_stretch = w.sm_peak + (p_hi - w.sm + PRIORITY_LEAK * p_lo)
-            else:
-                sm_stretch = (w.sm_peak + p_lo - w.sm) / left
-            if sm_stretch < 1.0:
-                sm_stretch = 1.0
-            others_mem = p_mem - w.mem
-            mem_stretch = w.mem_peak + others_mem
-            if mem_stretch < 1.0:
-                mem_stretch = 1.0
-            mem_stretch *= 1.0 + CACHE_GAMMA * others_mem
-            base.append((w.launch_us + w.compute_us * sm_stretch + w.memory_us * mem_stretch)
-                        / 1e6)
-        return base, (min(busy, 1.0), min(traffic, 1.0)), [j.work for j in jobs.values()]
 
     def telemetry(self) -> tuple[float, float]:
         """(GPU SM busy fraction, EMC utilization fraction) averaged since the last call, as

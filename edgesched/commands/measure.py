@@ -18,96 +18,19 @@ telemetry reader reports, and probe kernels of known SM footprint:
 from __future__ import annotations
 
 import random
-import statistics
-import time
 from typing import Callable
 
-from edgesched.errors import EdgeschedError
+from edgesched.commands.measure_batch import measure_batches
+from edgesched.commands.measure_runner import Runner
 from edgesched.sched.predictor import Predictor, fit_and_validate, holdout_split
 from edgesched.sched.profile import Profile
-from edgesched.types import CoRun, Launch, ModelInfo, SliceDemand
-
-PROBE_S = 10.0        # probes outlive any measured slice; stopped explicitly
-
-
-class CalibrationError(EdgeschedError):
-    code = "CALIBRATION_ERROR"
-
-
-class _Runner:
-    def __init__(self, backend):
-        self.b = backend
-        self._ids = iter(range(10**9, 2 * 10**9))   # far from the engine's request ids
-        # The last two streams: normal priority where there are 3+ (stream 0 is the
-        # high-priority one), so stream priority does not colour the figures.
-        n = backend.num_streams
-        if n < 2:
-            raise CalibrationError("calibration co-runs slices on 2 streams: set "
-                                   "device.streams to 2 or more")
-        self.streams = (n - 2, n - 1)
-
-    def _done(self, c) -> float:
-        if c.error is not None:
-            raise CalibrationError(f"model {c.launch.model!r} slice {c.launch.slice_index} "
-                                   f"failed during calibration: {c.error}")
-        device_s = getattr(c, "device_s", None)
-        return device_s if device_s is not None else c.finished_s - c.started_s
-
-    def run(self, model: str, index: int) -> float:
-        """One solo run; seconds."""
-        rid = next(self._ids)
-        self.b.stage(rid, model, {})
-        self.b.launch(Launch(rid, model, index, self.streams[0]))
-        while True:
-            for c in self.b.poll(1.0):
-                self.b.release(rid)
-                return self._done(c)
-
-    def co_run(self, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, float]:
-        """First-run durations of a and b started together, each relaunched until both ended."""
-        first: dict[int, float] = {}
-        streams = {self.streams[0]: a, self.streams[1]: b}
-        outstanding = 0
-
-        def start(stream: int) -> None:
-            nonlocal outstanding
-            rid = next(self._ids)
-            self.b.stage(rid, streams[stream][0], {})
-            self.b.launch(Launch(rid, *streams[stream], stream))
-            outstanding += 1
-        for s in self.streams:
-            start(s)
-        while outstanding:          # until both first runs ended and the device is idle again
-            for c in self.b.poll(1.0):
-                outstanding -= 1
-                self.b.release(c.launch.request_id)
-                first.setdefault(c.launch.stream, self._done(c))
-                if len(first) < 2:
-                    start(c.launch.stream)
-        return first[self.streams[0]], first[self.streams[1]]
-
-    def solo(self, model: str, index: int, runs: int, min_window_s: float) -> float:
-        """Median of back-to-back solo runs: `runs` of them, and more until `min_window_s` of
-        wall time has passed (so telemetry sampled every ~0.1 s sees the window)."""
-        started = time.monotonic()
-        times = [self.run(model, index) for _ in range(runs)]
-        while time.monotonic() - started < min_window_s:
-            times.append(self.run(model, index))
-        return statistics.median(times)
-
-    def with_probe(self, sm: float, model: str, index: int, runs: int) -> float:
-        """Median run time beside a compute probe (medians tame an OS scheduler's noise)."""
-        key = self.b.launch_probe(sm, 0.0, PROBE_S)
-        try:
-            return statistics.median(self.run(model, index) for _ in range(runs))
-        finally:
-            self.b.stop_probe(key)
+from edgesched.types import CoRun, ModelInfo, SliceDemand
 
 
 def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: int = 5,
                     pairs: int = 40, seed: int = 0,
                     progress: Callable[[str], None] | None = None) -> Profile:
-    runner = _Runner(backend)
+    runner = Runner(backend)
     demands: dict[str, tuple[SliceDemand, ...]] = {}
     min_window_s = float(getattr(backend, "min_window_s", 0.0))
     node_us: dict[str, dict[str, float]] = {}    # model -> ONNX node -> measured us per run
@@ -152,7 +75,6 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                       for p, m in zip(predictor.slowdowns(s.demands), s.slowdowns)]
     except ValueError:       # too few pairs, or none showed contention: keep the default form
         predictor, mape, validation = Predictor(), None, []
-    from edgesched.commands.measure_batch import measure_batches  # it imports this module
     return Profile(device, demands, predictor,
                    {"pairs": len(samples), "predictor_mape": mape, "runs": runs,
                     "validation": validation, **({"node_us": node_us} if node_us else {}),
@@ -160,7 +82,7 @@ def measure_profile(backend, models: dict[str, ModelInfo], device: str, runs: in
                    measure_batches(backend, models, runs))
 
 
-def _compute_from_probes(runner: _Runner, model: str, index: int, solo_s: float,
+def _compute_from_probes(runner: Runner, model: str, index: int, solo_s: float,
                          busy: float, runs: int) -> tuple[float, float]:
     """(sm, compute_frac): beside a compute probe of footprint f the slice slows by
     compute_frac * max(0, sm + f - 1); footprints 1 and 0.75 give both unknowns. A slice the

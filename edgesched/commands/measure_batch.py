@@ -14,7 +14,7 @@ import statistics
 
 import numpy as np
 
-from edgesched.commands.measure import CalibrationError, _Runner
+from edgesched.commands.measure_runner import CalibrationError, Runner
 from edgesched.sched.batching import max_rows
 from edgesched.types import Launch, ModelInfo
 
@@ -40,7 +40,7 @@ def inputs_at(info: ModelInfo, rows: int) -> dict[str, np.ndarray]:
 def measure_batches(backend, models: dict[str, ModelInfo], runs: int = 5
                     ) -> dict[str, dict[int, tuple[float, ...]]]:
     """model -> rows -> median solo microseconds of each slice, for models that batch."""
-    runner = _Runner(backend)
+    runner = Runner(backend)
     stream = runner.streams[0]
     out: dict[str, dict[int, tuple[float, ...]]] = {}
     for name, info in models.items():

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from edgesched.backends import load_models
-from edgesched.backends.sim import SimBackend, fast_constructor
+from edgesched.backends.sim import SimBackend
 from edgesched.backends.sim_device import spec_for
+from edgesched.backends.sim_jobs import fast_constructor
 from edgesched.commands.measure import measure_profile
 from edgesched.commands.workload import AUTO, Workload, arrival_times, auto_slices
 from edgesched.engine import Engine, Result, Submission
@@ -133,10 +134,12 @@ def run_policy(workload: Workload, paths: dict[str, Path] | None, policy: str,
         if model in closed:
             now = backend.now()
             if now < duration_s:
-                engine.submit(_submission(model, {}, now))
+                engine.submit(_submission(model, {}, now), ring=False)
 
+    # This thread drives the engine and the virtual clock: no ring (nothing waits on the
+    # doorbell in virtual time, so each ring would stay queued for the whole run).
     def submit(model: str, at_s: float) -> None:
-        engine.submit(Submission(model, {}, at_s))
+        engine.submit(Submission(model, {}, at_s), ring=False)
 
     engine = Engine(backend, infos, make_policy(policy, profile=profile),
                     queue_depth=QUEUE_DEPTH, on_result=on_result, clock=backend.now,

@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from edgesched.batch_config import check_batch
-
 # Private helpers of config.py, imported so both files check values and word errors the same way.
 from edgesched.config import (
     _ABSENT,
@@ -37,6 +35,7 @@ from edgesched.config import (
     _resolve,
     _shapes,
     _Text,
+    check_batch,
     read_yaml,
 )
 from edgesched.errors import ConfigError
@@ -77,7 +76,7 @@ class WorkloadModel:
     # input -> fixed shape or range (edgesched.shapes): required for each dynamic input,
     # the model is sliced and costed at opt
     shapes: dict[str, ShapeRange] = dataclasses.field(default_factory=dict, hash=False)
-    batch: BatchConfig | None = None  # as in the server config (batch_config.py); None: off
+    batch: BatchConfig | None = None  # as in the server config (check_batch); None: off
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,16 @@ Cost: a plan looks at each ready queue's first few requests only (state.py), and
 predictor's judgements, pure functions of the (model, slice, realtime) set involved, across
 plans; a slice refused beside a running set is skipped whenever that set runs again (a
 prediction only grows with co-runners). So it costs per distinct ready slice, never per
-queued request (`edgesched bench scheduler`).
+queued request (`edgesched bench scheduler`). What a plan needs of a running launch (demand,
+solo time left, deadline) is kept from the plan that launched it, and a launched slice joins
+the set the next candidate is judged beside only when there is a next candidate.
 """
 from __future__ import annotations
 
-from edgesched.sched.policies import EMPTY
 from edgesched.sched.predictor import Predictor
 from edgesched.sched.profile import Profile
 from edgesched.sched.state import Request, SchedState
-from edgesched.types import Launch, Plan, PolicyName, Priority, SliceDemand
+from edgesched.types import EMPTY_PLAN, Launch, Plan, PolicyName, Priority, SliceDemand
 
 UNKNOWN = SliceDemand(sm=1.0, mem=0.5, duration_us=1000.0)
 _MEMO_MAX = 50_000     # judgements; each a few hundred bytes
@@ -116,7 +117,7 @@ class Interference:
     def plan(self, state: SchedState, now_s: float) -> Plan:
         free = state.free_streams()
         if not state.has_ready or (not free and not self.early_reject):
-            return EMPTY
+            return EMPTY_PLAN
         if self._memo_for is not self.predictor or self._memo_size > _MEMO_MAX:
             self._memo, self._memo_for, self._memo_size = {}, self.predictor, 0
         if self._models_of[0] is not state.models:
@@ -191,7 +192,7 @@ class Interference:
         reject_ids = tuple(r.id for r in sorted(rejects, key=lambda r: r.order_key)) \
             if rejects else ()
         if not free:
-            return Plan((), reject_ids) if reject_ids else EMPTY
+            return Plan((), reject_ids) if reject_ids else EMPTY_PLAN
         # Launches this plan made per (model, slice): they count against its instances.
         load: dict[tuple[str, int], int] = {}
         pending = None        # (request, stream): launched, not yet in `group`
@@ -238,7 +239,7 @@ class Interference:
                                        now_s)
         elif pending is not None:
             self._join(group, *pending, last=True)
-        return Plan(tuple(launches), reject_ids) if launches or reject_ids else EMPTY
+        return Plan(tuple(launches), reject_ids) if launches or reject_ids else EMPTY_PLAN
 
     def _join(self, group: _Group, r: Request, stream: int, launches: list[Launch],
               last: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Protocol
 from edgesched.errors import ConfigError
 from edgesched.sched.profile import Profile
 from edgesched.sched.state import Request, SchedState
-from edgesched.types import Launch, Plan, PolicyName
+from edgesched.types import EMPTY_PLAN, Launch, Plan, PolicyName
 
 
 class Policy(Protocol):
@@ -21,7 +21,7 @@ class Policy(Protocol):
     def plan(self, state: SchedState, now_s: float) -> Plan: ...
 
 
-EMPTY = Plan()        # frozen: one shared instance for every plan that launches nothing
+EMPTY = EMPTY_PLAN
 
 
 def _heads(state: SchedState, cap: int, realtime_by_urgency: bool) -> tuple[list, list]:
@@ -49,31 +49,23 @@ def _heads(state: SchedState, cap: int, realtime_by_urgency: bool) -> tuple[list
     return realtime, best_effort
 
 
-def _fill(state: SchedState, candidates: Iterable[Request], free: list[int],
-          pick_stream: Callable[[Request, list[int]], int | None] | None = None,
-          stop_on_none: bool = False) -> Plan:
-    """Give each candidate, in order, a free stream (the first, or `pick_stream`'s) while
-    streams and instances last. Candidates come from `_heads`, which took no more of a queue
-    than its slice's free instances: a slice's load is checked only once this plan has
+def _fill(state: SchedState, entries: Iterable[tuple], free: list[int],
+          pick_stream: Callable[[Request, list[int]], int] | None = None) -> Plan:
+    """Give each entry's request, in order, a free stream (the first, or `pick_stream`'s)
+    while streams and instances last. Entries come from `_heads`, which took no more of a
+    queue than its slice's free instances: a slice's load is checked only once this plan has
     launched it (a realtime and a best-effort queue of one slice share its instances)."""
     taken: dict[tuple[str, int], int] = {}
     launches = []
     models, loads = state.models, state.slice_loads
-    for request in candidates:
+    for _, _, request in entries:
         if not free:
             break
         key = (request.model, request.next_slice)
         used = taken.get(key)
         if used is not None and loads.get(key, 0) + used >= models[request.model].instances:
             continue
-        if pick_stream is None:
-            stream = free[0]
-        else:
-            stream = pick_stream(request, free)
-            if stream is None:
-                if stop_on_none:
-                    break
-                continue
+        stream = free[0] if pick_stream is None else pick_stream(request, free)
         free.remove(stream)
         taken[key] = 1 if used is None else used + 1
         launches.append(Launch(request.id, request.model, request.next_slice, stream))
@@ -107,8 +99,11 @@ class Greedy:
             return EMPTY
         realtime, best_effort = _heads(state, state.num_streams - len(state.running), False)
         entries = realtime + best_effort
+        if len(entries) == 1:           # the common plan: one head, its instance is free
+            r = entries[0][2]
+            return Plan((Launch(r.id, r.model, r.next_slice, free[0]),))
         entries.sort()                  # (arrival, id): oldest first; ids are unique
-        return _fill(state, [e[2] for e in entries], free)
+        return _fill(state, entries, free)
 
 
 class PriorityStreams:
@@ -128,26 +123,27 @@ class PriorityStreams:
         taken = {}
         launches = []
         if realtime:
-            plan = _fill(state, [e[2] for e in realtime], free,
+            plan = _fill(state, realtime, free,
                          lambda r, free: next((s for s in free if s in high), free[0]))
             launches += plan.launches
             for launch in plan.launches:
                 key = (launch.model, launch.slice_index)
                 taken[key] = taken.get(key, 0) + 1
         if best_effort and free:
-            all_high = state.only_high_priority_usable()
+            # The streams best effort may take, in order: not the high-priority ones, unless
+            # nothing else can run.
+            allowed = free if state.only_high_priority_usable() else [
+                s for s in free if s not in high]
             models, loads = state.models, state.slice_loads
             for _, _, r in best_effort:
-                stream = next((s for s in free if all_high or s not in high), None)
-                if stream is None:
-                    break           # no stream a best-effort slice may take is left
+                if not allowed:
+                    break
                 key = (r.model, r.next_slice)
                 used = taken.get(key)
                 if used is not None and loads.get(key, 0) + used >= models[r.model].instances:
                     continue
-                free.remove(stream)
                 taken[key] = 1 if used is None else used + 1
-                launches.append(Launch(r.id, r.model, r.next_slice, stream))
+                launches.append(Launch(r.id, r.model, r.next_slice, allowed.pop(0)))
         return Plan(tuple(launches)) if launches else EMPTY
 
 

@@ -75,20 +75,34 @@ class ReadyQueue:
         return len(self.by_arrival)
 
     def add(self, r: Request) -> None:
+        # Once per admission and per slice done: _insort's common case (an append) inline.
         rid = r.id
         arrival = r.arrival_s
-        _insort(self.by_arrival, (arrival, rid, r))
-        urgency = arrival + r.slo_s                 # r.urgency_s, inline (hot path)
-        deadline = r.deadline_s
-        if deadline is None:
-            _insort(self.by_urgency, (urgency, rid, r))
+        entry = (arrival, rid, r)
+        entries = self.by_arrival
+        if not entries or entries[-1] < entry:
+            entries.append(entry)
         else:
-            _insort(self.by_urgency, (urgency if urgency < deadline else deadline, rid, r))
+            bisect.insort(entries, entry)
+        urgency = arrival + r.slo_s                 # r.urgency_s, inline
+        deadline = r.deadline_s
+        if deadline is not None:
+            if deadline < urgency:
+                urgency = deadline
             _insort(self.by_deadline, (deadline, rid, r))
+        entry = (urgency, rid, r)
+        entries = self.by_urgency
+        if not entries or entries[-1] < entry:
+            entries.append(entry)
+        else:
+            bisect.insort(entries, entry)
 
     def discard(self, r: Request) -> bool:
         """Remove r if queued here; False if it was not."""
-        if not _remove(self.by_arrival, r.arrival_s, r):
+        entries = self.by_arrival
+        if entries and entries[0][2] is r:           # a launch takes the head: the common case
+            del entries[0]
+        elif not _remove(entries, r.arrival_s, r):
             return False
         _remove(self.by_urgency, r.urgency_s, r)
         if r.deadline_s is not None:

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from edgesched.backends.sim import fast_constructor
+from edgesched.backends.sim_jobs import fast_constructor
 from edgesched.types import Completion, Launch
 from tests.sim.sim_backend_helpers import make
 
@@ -59,7 +59,7 @@ def test_cached_contention_gives_the_same_completions_as_computing_it_afresh(slo
 
 
 def test_fast_constructors_make_values_equal_to_the_dataclass_constructors():
-    from edgesched.backends.sim import _completion
+    from edgesched.backends.sim_jobs import completion as _completion
     from edgesched.commands.simulate import _submission
     from edgesched.engine import Submission
 
@@ -90,3 +90,9 @@ def test_a_fast_constructor_falls_back_where_the_shortcut_would_differ():
     assert fast_constructor(Checked, "a") is Checked
     assert fast_constructor(Posted, "a") is Posted
     assert fast_constructor(Completion, "started_s") is Completion    # not its first field
+
+
+def test_a_fast_constructor_of_other_arity_makes_equal_values():
+    make = fast_constructor(Launch, "request_id", "model", "slice_index", "stream")
+    assert make is not Launch and make(1, "m", 0, 2) == Launch(1, "m", 0, 2)
+    assert hash(make(1, "m", 0, 2)) == hash(Launch(1, "m", 0, 2))
