@@ -17,6 +17,7 @@ WINDOW = 4096          # latest latencies kept per model for percentiles
 # 1 ms is a fast slice on an Orin, 10 s the launch timeout's order. +Inf is implied.
 BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 TIMES = ("total", "queue", "device")   # the Timings fields a histogram is kept for
+_bucket = bisect.bisect_left
 
 
 @dataclass
@@ -37,7 +38,7 @@ class _Histogram:
         self.sum_s = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        self.counts[_bucket(BUCKETS_S, seconds)] += 1
         self.sum_s += seconds
 
     def snapshot(self) -> dict:
@@ -48,7 +49,9 @@ class ModelStats:
     def __init__(self, slo_ms: float):
         self.slo_ms = slo_ms
         self._c = _Counters()
-        self._latency_ms = np.zeros(WINDOW)
+        # A list, not an array: one item is set per completed request, ~20 ns into a list
+        # against ~100 ns into a numpy array; the snapshot copies the list out.
+        self._latency_ms = [0.0] * WINDOW
         self._n = 0
         self._hist = {name: _Histogram() for name in TIMES}
         self._hists = (self._hist["total"], self._hist["queue"], self._hist["device"])
@@ -62,7 +65,7 @@ class ModelStats:
                 "slo_met": c.slo_met,
                 "slo_attainment": (c.slo_met / accountable) if accountable else None,
                 "histograms": {k: h.snapshot() for k, h in self._hist.items()},
-                "_window": self._latency_ms[:min(self._n, WINDOW)].copy()}
+                "_window": self._latency_ms[:min(self._n, WINDOW)]}
 
 
 class Stats:
@@ -106,15 +109,15 @@ class Stats:
             c.slo_met += total_ms <= m.slo_ms
             total, queue, device = m._hists
             seconds = total_ms / 1e3
-            total.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+            total.counts[_bucket(BUCKETS_S, seconds)] += 1
             total.sum_s += seconds
             if queue_ms is not None:
                 seconds = queue_ms / 1e3
-                queue.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+                queue.counts[_bucket(BUCKETS_S, seconds)] += 1
                 queue.sum_s += seconds
             if device_ms is not None:
                 seconds = device_ms / 1e3
-                device.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+                device.counts[_bucket(BUCKETS_S, seconds)] += 1
                 device.sum_s += seconds
 
     def stream_busy(self, stream: int, seconds: float) -> None:
@@ -152,7 +155,7 @@ class Stats:
             out = {"models": models, "unknown_model": self.unknown_model,
                    "undecodable": self.undecodable}
         for m in models.values():
-            window = m.pop("_window")
+            window = np.array(m.pop("_window"), dtype=np.float64)
             m["p50_ms"], m["p99_ms"] = (np.percentile(window, [50, 99]).tolist() if window.size
                                         else (None, None))
             if not histograms:

@@ -12,6 +12,7 @@ Every figure this module reports is simulated.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import multiprocessing
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -153,15 +154,21 @@ def run_policy(workload: Workload, paths: dict[str, Path] | None, policy: str,
                 submit(m.name, 0.0)
     i, n = 0, len(arrivals)
     step, now_s = engine.step, backend.now
-    while (now := now_s()) < duration_s:     # one step per completion: kept lean
-        while i < n and arrivals[i][0] <= now:
-            submit(arrivals[i][1], arrivals[i][0])
-            i += 1
-        next_s = arrivals[i][0] if i < n else duration_s
-        step(next_s - now if next_s > now else 0.0)
-    end_s = workload.duration_s + DRAIN_S
-    while not engine.idle and backend.now() < end_s:
-        engine.step(end_s - backend.now())
+    # What exists now (models, profile, arrivals) lives through the run: frozen, the cyclic
+    # collector's full passes skip it (~5% of a run's CPU time here); results do not change.
+    gc.freeze()
+    try:
+        while (now := now_s()) < duration_s:     # one step per completion: kept lean
+            while i < n and arrivals[i][0] <= now:
+                submit(arrivals[i][1], arrivals[i][0])
+                i += 1
+            next_s = arrivals[i][0] if i < n else duration_s
+            step(next_s - now if next_s > now else 0.0)
+        end_s = workload.duration_s + DRAIN_S
+        while not engine.idle and backend.now() < end_s:
+            engine.step(end_s - backend.now())
+    finally:
+        gc.unfreeze()
     return {name: _summary(t, workload.duration_s) for name, t in tallies.items()}
 
 

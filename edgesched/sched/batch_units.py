@@ -52,6 +52,10 @@ class Batches:
         self.holds: dict[int, float] = {}
         self._held: dict[int, Request] = {}
         self.off: set[str] = set()                 # models whose batches failed: never again
+        # Some model may batch (limit() > 0). False: limit() is 0 for every model, which the
+        # lifecycle asks per admission, launch and answer; a hint, recomputed whenever a
+        # limit changes (set_models, turn_off), so never False while a model batches.
+        self.active = False
 
     def set_models(self, models: Mapping[str, ModelInfo]) -> None:
         for name, info in models.items():
@@ -61,10 +65,19 @@ class Batches:
                 self._limits[name] = (info, batching.max_rows(info))
         for name in [n for n in self._limits if n not in models]:
             del self._limits[name]
+        self._activity()
 
     def limit(self, model: str) -> int:
         known = self._limits.get(model)
         return 0 if known is None or model in self.off else known[1]
+
+    def turn_off(self, model: str) -> None:
+        """The model's batches failed: it batches no more."""
+        self.off.add(model)
+        self._activity()
+
+    def _activity(self) -> None:
+        self.active = any(self.limit(name) for name in self._limits)
 
     # --- a request's life ----------------------------------------------------------------
     def admitted(self, request: Request, inputs: Mapping) -> None:
@@ -188,7 +201,7 @@ class Batches:
         for m in unit.members[1:]:
             del self.joined[m.id]
             state.requeue(m)
-        self.off.add(head.model)
+        self.turn_off(head.model)
         return unit.inputs[0]
 
 

@@ -78,6 +78,15 @@ class Health:
             s.healthy, s.consecutive_failures = True, 0
         return recovered
 
+    def completed(self, model: str, shapes: tuple | None) -> bool:
+        """`worked(model, shapes)`, then `succeeded(model)`: once per completed request, so
+        the common case (healthy, shapes proven) is one lookup and no lock."""
+        s = self._models[model]
+        if s.healthy and not s.consecutive_failures and (shapes is None or shapes in s.proven):
+            return False
+        self.worked(model, shapes)
+        return self.succeeded(model)
+
     def worked(self, model: str, shapes: tuple | None) -> None:
         """A request of `model` with input signature `shapes` completed."""
         proven = self._models[model].proven

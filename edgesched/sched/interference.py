@@ -62,6 +62,9 @@ class Interference:
         # id(launch) -> (launch, its _Group member) for the launches running at the last
         # plan: most are still running at the next one.
         self._members: dict[int, tuple] = {}
+        # When the last plan held best effort back for a request expected by then: if it has
+        # not come, plan again (the engine reads this to bound its wait; None: no such time).
+        self.wake_at_s: float | None = None
 
     def _demand(self, model: str, index: int) -> SliceDemand:
         key = (model, index)
@@ -115,6 +118,7 @@ class Interference:
         return found
 
     def plan(self, state: SchedState, now_s: float) -> Plan:
+        self.wake_at_s = None
         free = state.free_streams()
         if not state.has_ready or (not free and not self.early_reject):
             return EMPTY_PLAN
@@ -346,15 +350,15 @@ class Interference:
         the group's with it (`_admits`)."""
         mine = self._demand(r.model, r.next_slice)
         ends_s = now_s + mine.duration_us / 1e6 * max(slowdowns)
-        arrivals = state.arrivals
+        gaps = state.gaps
         for model, num_slices in self._models_of[2]:
-            seen = arrivals.get(model)
-            # Reserve room only for a stream that is live: a known period, and its last frame
-            # within two periods. A never-seen or stopped camera must not starve best effort
-            # (the price: the first frame of a new stream may meet a co-runner).
-            if seen is None or seen[1] is None or now_s - seen[0] > 2.0 * seen[1]:
-                continue
-            if ends_s <= seen[0] + seen[1] - 3.0 * seen[2]:     # state.next_arrival_s
+            seen = gaps.get(model)
+            # Reserve room only for a live source: one with a history whose last frame is
+            # within twice its longest recent gap (sched/arrivals.py). A never-seen or stopped
+            # camera must not starve best effort (the price: the first frame of a new stream
+            # may meet a co-runner).
+            next_s = None if seen is None else seen.next_s(now_s)
+            if next_s is None or ends_s <= next_s:
                 continue
             judged = self._judged(group)
             memo_key = (r.model, r.next_slice, model)
@@ -367,6 +371,12 @@ class Interference:
                     <= self.tolerance for i in range(num_slices))
                 self._memo_size += 1
             if not clear:
+                # Refused for now; if that request has not come by `changes_s`, the estimate moves
+                # on (a later gap, or the source stopped): plan again then, even if nothing
+                # else happens (the engine waits no longer than `wake_at_s`).
+                again_s = seen.changes_s(now_s)
+                if self.wake_at_s is None or again_s < self.wake_at_s:
+                    self.wake_at_s = again_s
                 return False
         return True
 

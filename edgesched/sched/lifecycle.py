@@ -9,16 +9,15 @@ and return what to do about it, touching no device:
   failed) and launch timeouts enforced.
 `intake(submissions, now)` comes first in each step: new submissions admitted (or refused),
 deadlines that passed enforced, and, when every stream is held by a hung launch, the waiting
-requests failed. All three return an `Update`: requests to stage, launches to start, answers to send (each saying
-whether its buffers are to be fetched, released or left to a hung launch), buffers of ended
-stuck launches to release, and notices to log.
+requests failed. All three return an `Update` (sched/updates.py): requests to stage, launches
+to start, answers to send (each saying whether its buffers are to be fetched, released or left
+to a hung launch), buffers of ended stuck launches to release, and notices to log.
 """
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from edgesched.errors import (
@@ -33,7 +32,11 @@ from edgesched.sched.batch_units import HOLD, Batches
 from edgesched.sched.batching import BatchLatency
 from edgesched.sched.health import Health, signature
 from edgesched.sched.state import Request, SchedState
-from edgesched.types import Completion, Launch, ModelInfo, Plan, Priority, Timings
+from edgesched.sched.updates import NOTHING, Answer, Buffers, Outcome, Update, make_timings
+from edgesched.types import Completion, ModelInfo, Plan, Priority, Timings
+
+# Read once per request: an Enum member read through its class costs ~0.1 us (CPython 3.11).
+_COMPLETED, _FETCH = Outcome.COMPLETED, Buffers.FETCH
 
 
 @dataclass(frozen=True)
@@ -44,53 +47,6 @@ class Submission:
     deadline_s: float | None = None      # absolute, engine clock seconds
     priority: Priority | None = None     # None: the model's own class
     reply_to: object = None
-
-
-class Outcome(str, enum.Enum):
-    """How a request ended; the values are the statistics' counter names."""
-
-    COMPLETED = "completed"
-    FAILED = "failed"          # a backend fault, an unhealthy model, a hung launch
-    EXPIRED = "expired"        # its deadline passed (or cannot be met)
-    REJECTED = "rejected"      # refused at admission: its queue was full
-    INVALID = "invalid"        # the backend refused its inputs: the client's mistake
-
-
-class Buffers(enum.Enum):
-    """What the engine does with the backend's copy of an answered request's tensors."""
-
-    NONE = "none"              # never staged (refused at admission)
-    FETCH = "fetch"            # completed: take the outputs
-    RELEASE = "release"        # failed or expired: free them
-    HELD = "held"              # a hung launch still uses them: freed when it ends
-
-
-@dataclass(frozen=True)
-class Answer:
-    request: Request
-    outcome: Outcome
-    buffers: Buffers
-    error: RequestError | None = None
-    timings: Timings | None = None     # set for COMPLETED only
-    # A member of a batch (sched/batch_units.py), COMPLETED: its outputs are rows [first,
-    # end) of the outputs of request `unit` (rows in all), whose buffers the engine fetches
-    # once: (unit, first, end, rows). None: a request run alone, or a batch that failed.
-    part: tuple[int, int, int, int] | None = None
-
-
-@dataclass
-class Update:
-    staged: list[tuple[Request, Mapping]] = field(default_factory=list)  # admitted: stage inputs
-    # A batch formed: (its head, the inputs it runs now, members whose own copies to free once
-    # those are staged): release the head's copy, stage these, then free the members'.
-    batches: list[tuple[Request, Mapping, tuple[int, ...]]] = field(default_factory=list)
-    launches: list[Launch] = field(default_factory=list)
-    answers: list[Answer] = field(default_factory=list)
-    freed: list[int] = field(default_factory=list)   # request ids: a stuck launch ended
-    # (model, requests pending) after each admission and answer, in order: the statistics'
-    # queue depth and peak follow them.
-    depths: list[tuple[str, int]] = field(default_factory=list)
-    notices: list[tuple[str, str]] = field(default_factory=list)   # (level, message) to log
 
 
 class Lifecycle:
@@ -122,12 +78,13 @@ class Lifecycle:
     # --- queries --------------------------------------------------------------------------
     def wait_s(self, now: float, max_wait_s: float) -> float:
         """How long the engine may sleep: until the next deadline or launch timeout."""
-        timeouts = self._timeouts
+        timeouts, deadlines = self._timeouts, self._deadlines
         while timeouts and self._ended(timeouts[0]):    # launches that ended in time
             heapq.heappop(timeouts)
-        for heap in (self._deadlines, timeouts):
-            if heap:
-                max_wait_s = min(max_wait_s, max(heap[0][0] - now, 0.0))
+        if deadlines:
+            max_wait_s = min(max_wait_s, max(deadlines[0][0] - now, 0.0))
+        if timeouts:
+            max_wait_s = min(max_wait_s, max(timeouts[0][0] - now, 0.0))
         holds = self.batches.holds
         if holds:                         # a short batch waiting for company: its wait's end
             max_wait_s = min(max_wait_s, max(min(holds.values()) - now, 0.0))
@@ -139,20 +96,37 @@ class Lifecycle:
 
     # --- transitions ----------------------------------------------------------------------
     def intake(self, submissions: Iterable[Submission], now: float) -> Update:
+        if not submissions and self._nothing_due(now):
+            return NOTHING                    # most steps: nothing arrived, nothing is due
         out = Update()
         for sub in submissions:
             self._admit(out, sub, now)
         if self.batches.holds:
             self.batches.release(self.state, now)
-        self._expire(out, now)
+        deadlines = self._deadlines
+        if deadlines and deadlines[0][0] <= now:
+            self._expire(out, now)
         if self.state.stuck and len(self.state.stuck) == self.state.num_streams:
             self._fail_waiting(out, None, ServerError(
                 "no stream can run the request: every stream is held by a slice that overran "
                 "the launch timeout"))
         return out
 
+    def _nothing_due(self, now: float) -> bool:
+        """intake() with no submissions would do nothing: no held batch to release, no
+        deadline passed, no hung launch."""
+        deadlines = self._deadlines
+        return not (self.batches.holds or self.state.stuck
+                    or (deadlines and deadlines[0][0] <= now))
+
     def launched(self, plan: Plan, now: float) -> Update:
         out = Update()
+        if not (plan.rejects or self.batches.active or self.launch_timeout_s is not None):
+            start = self.state.start      # the common plan: launches alone, no timeouts
+            for launch in plan.launches:
+                start(launch, now)
+            out.launches.extend(plan.launches)
+            return out
         for rid in plan.rejects:
             request = self.state.requests[rid]
             self._fail(out, request, DeadlineExceeded(
@@ -161,7 +135,7 @@ class Lifecycle:
         batches = self.batches
         for launch in plan.launches:
             unit = None
-            if launch.slice_index == 0 and batches.limit(launch.model):
+            if batches.active and launch.slice_index == 0 and batches.limit(launch.model):
                 if launch.request_id in batches.joined:
                     continue                  # it joined a batch launched earlier in this plan
                 unit = batches.form(self.state, launch, now)
@@ -200,10 +174,13 @@ class Lifecycle:
         return out
 
     def update(self, completions: Iterable[Completion], now: float) -> Update:
+        timeouts = self._timeouts
+        if not completions and not (timeouts and timeouts[0][0] <= now):
+            return NOTHING                    # a wait that ended with nothing done
         out = Update()
         for c in completions:
             self._complete(out, c, now)
-        if self._timeouts:
+        if timeouts:
             self._time_out(out, now)
         return out
 
@@ -222,26 +199,29 @@ class Lifecycle:
 
     # --- admission ------------------------------------------------------------------------
     def _admit(self, out: Update, sub: Submission, now: float) -> None:
-        info = self.models[sub.model]
-        request = Request(next(self._ids), sub.model, sub.priority or info.priority,
+        model, state = sub.model, self.state
+        info = self.models[model]
+        request = Request(next(self._ids), model, sub.priority or info.priority,
                           sub.arrival_s, info.slo_ms / 1e3, info.num_slices, sub.deadline_s,
                           sub.reply_to)
-        stuck = bool(self.state.stuck) and any(launch.model == sub.model
-                                               for launch in self.state.stuck.values())
-        if not self.health.admit(sub.model, now, stuck):
-            refusal = ModelUnavailable(self.health.describe(sub.model)), Outcome.FAILED
-        elif self.state.pending(sub.model) >= self.queue_depth:
-            refusal = Overloaded(f"model {sub.model!r}: {self.queue_depth} requests already "
+        stuck = bool(state.stuck) and any(launch.model == model
+                                          for launch in state.stuck.values())
+        if not self.health.admit(model, now, stuck):
+            refusal = ModelUnavailable(self.health.describe(model)), Outcome.FAILED
+        elif state.pending(model) >= self.queue_depth:
+            refusal = Overloaded(f"model {model!r}: {self.queue_depth} requests already "
                                  "queued"), Outcome.REJECTED
         elif sub.deadline_s is not None and sub.deadline_s <= now:
-            refusal = DeadlineExceeded(f"model {sub.model!r}: deadline passed before the "
+            refusal = DeadlineExceeded(f"model {model!r}: deadline passed before the "
                                        "request was queued"), Outcome.EXPIRED
         else:
-            self.state.admit(request)
-            self._shapes[request.id] = signature(sub.inputs)
-            out.staged.append((request, sub.inputs))
-            self.batches.admitted(request, sub.inputs)
-            out.depths.append((request.model, self.state.pending(request.model)))
+            inputs = sub.inputs
+            state.admit(request)
+            self._shapes[request.id] = signature(inputs) if inputs else ()
+            out.staged.append((request, inputs))
+            if self.batches.active:
+                self.batches.admitted(request, inputs)
+            out.depths.append((model, state.pending(model)))
             if request.deadline_s is not None:
                 heapq.heappush(self._deadlines, (request.deadline_s, request.id))
             return
@@ -261,64 +241,73 @@ class Lifecycle:
 
     # --- completions ----------------------------------------------------------------------
     def _complete(self, out: Update, c: Completion, now: float) -> None:
-        state = self.state
-        running = state.running.get(c.launch.request_id)
-        if running is not c.launch and running != c.launch:    # `is`: skips a dataclass __eq__
-            if state.unstick(c.launch):        # a launch that overran has ended
+        state, launch = self.state, c.launch
+        running = state.running.get(launch.request_id)
+        if running is not launch and running != launch:    # `is`: skips a dataclass __eq__
+            if state.unstick(launch):        # a launch that overran has ended
                 out.notices.append(("warning", (
-                    f"stream {c.launch.stream} is free again: model {c.launch.model!r} slice "
-                    f"{c.launch.slice_index} ended {c.finished_s - c.started_s:.1f} s after "
+                    f"stream {launch.stream} is free again: model {launch.model!r} slice "
+                    f"{launch.slice_index} ended {c.finished_s - c.started_s:.1f} s after "
                     "it started")))
-                out.freed.append(c.launch.request_id)
+                out.freed.append(launch.request_id)
             else:
                 out.notices.append(("error", "ignoring a completion for a launch the engine "
-                                             f"did not start: {c.launch}"))
+                                             f"did not start: {launch}"))
             return
-        request = state.finish(c.launch, c.finished_s - c.started_s)
+        request = state.finish(launch, c.finished_s - c.started_s)
+        if c.error is not None:
+            self._launch_failed(out, c, request, now)
+            return
         more = request.next_slice < request.num_slices
+        deadline = request.deadline_s
         # The last slice counts when it finished; a request with slices left cannot meet a
         # deadline that has passed by now (its heap entry may be gone: it was running).
-        late = request.deadline_s is not None and (
-            now >= request.deadline_s if more else c.finished_s > request.deadline_s)
-        unit = self.batches.units.get(request.id) if self.batches.units else None
-        if c.error is not None and unit is not None:
-            # The batch's fault, not its members' nor the model's: no health counted.
-            self.batches.off.add(request.model)
-            self._fail(out, request, ServerError(
-                f"model {request.model!r} slice {c.launch.slice_index} failed on a batch of "
-                f"{unit.total} rows: {c.error}; batching is off for this model from now on"),
-                Outcome.FAILED)
-        elif c.error is not None and c.rejected and self.health.blames_inputs(
-                request.model, self._shapes.get(request.id)):
-            self.health.rejected(request.model, c.error)
-            self._fail(out, request, InvalidInput(
-                f"model {request.model!r} slice {c.launch.slice_index} refused input shapes it "
-                f"has never run: {c.error}"), Outcome.INVALID)
-        elif c.error is not None:
-            self._fail(out, request, ServerError(
-                f"model {request.model!r} slice {c.launch.slice_index} failed: {c.error}"),
-                Outcome.FAILED)
-            self._model_failed(out, request.model, f"slice {c.launch.slice_index}: {c.error}",
-                               now)
-        elif late:
+        if deadline is not None and (now >= deadline if more else c.finished_s > deadline):
             self._fail(out, request, DeadlineExceeded(
                 f"model {request.model!r}: deadline passed while running (slice "
                 f"{request.next_slice} of {request.num_slices} done)"), Outcome.EXPIRED)
         elif more:
             state.requeue(request)
         else:
-            state.retire(request)
-            timings = Timings((request.first_launch_s - request.arrival_s) * 1e3,
-                              request.device_s * 1e3, (c.finished_s - request.arrival_s) * 1e3)
-            if self.batches.limit(request.model):
-                rows = unit.total if unit is not None else self.batches.rows(request.id)
-                if rows:
-                    self.batches.latency.observe(request.model, rows, request.device_s)
-            self.health.worked(request.model, self._shapes.get(request.id))
-            if self.health.succeeded(request.model):
-                out.notices.append(("warning", f"model {request.model!r} is healthy again"))
-            self._answer(out, Answer(request, Outcome.COMPLETED, Buffers.FETCH,
-                                     timings=timings))
+            self._completed(out, request, c.finished_s)
+
+    def _completed(self, out: Update, request: Request, finished_s: float) -> None:
+        """Its last slice finished in time and without error: answered with its timings."""
+        self.state.retire(request)
+        arrival, model = request.arrival_s, request.model
+        timings = make_timings((request.first_launch_s - arrival) * 1e3,
+                               request.device_s * 1e3, (finished_s - arrival) * 1e3)
+        batches = self.batches
+        if batches.active and batches.limit(model):
+            unit = batches.units.get(request.id)
+            rows = unit.total if unit is not None else batches.rows(request.id)
+            if rows:
+                batches.latency.observe(model, rows, request.device_s)
+        if self.health.completed(model, self._shapes.get(request.id)):
+            out.notices.append(("warning", f"model {model!r} is healthy again"))
+        self._answer(out, Answer(request, _COMPLETED, _FETCH, None, timings))
+
+    def _launch_failed(self, out: Update, c: Completion, request: Request, now: float) -> None:
+        """Its slice failed: the batch's fault, the inputs', or the model's (in that order)."""
+        index = c.launch.slice_index
+        unit = self.batches.units.get(request.id) if self.batches.units else None
+        if unit is not None:
+            # The batch's fault, not its members' nor the model's: no health counted.
+            self.batches.turn_off(request.model)
+            self._fail(out, request, ServerError(
+                f"model {request.model!r} slice {index} failed on a batch of "
+                f"{unit.total} rows: {c.error}; batching is off for this model from now on"),
+                Outcome.FAILED)
+        elif c.rejected and self.health.blames_inputs(request.model,
+                                                      self._shapes.get(request.id)):
+            self.health.rejected(request.model, c.error)
+            self._fail(out, request, InvalidInput(
+                f"model {request.model!r} slice {index} refused input shapes it "
+                f"has never run: {c.error}"), Outcome.INVALID)
+        else:
+            self._fail(out, request, ServerError(
+                f"model {request.model!r} slice {index} failed: {c.error}"), Outcome.FAILED)
+            self._model_failed(out, request.model, f"slice {index}: {c.error}", now)
 
     def _time_out(self, out: Update, now: float) -> None:
         """Answer requests whose launch overran the timeout; their streams stay held."""
@@ -361,15 +350,15 @@ class Lifecycle:
         self._answer(out, Answer(request, outcome, Buffers.RELEASE, error))
 
     def _answer(self, out: Update, answer: Answer) -> None:
-        unit = self.batches.units.pop(answer.request.id, None) if self.batches.units else None
+        request, batches = answer.request, self.batches
+        unit = batches.units.pop(request.id, None) if batches.units else None
         if unit is not None:
             self._answer_members(out, answer, unit)
             return
         out.answers.append(answer)
-        self._shapes.pop(answer.request.id, None)
-        self.batches.forget(answer.request.id)
-        model = answer.request.model
-        out.depths.append((model, self.state.pending(model)))
+        self._shapes.pop(request.id, None)
+        batches.forget(request.id)
+        out.depths.append((request.model, self.state.pending(request.model)))
 
     def _answer_members(self, out: Update, answer: Answer, unit) -> None:
         """A batch's head was answered: every member is, alike; completed ones each with its

@@ -16,6 +16,8 @@ from edgesched.types import EMPTY_PLAN, Launch, Plan, PolicyName
 
 
 class Policy(Protocol):
+    """A policy may also set `wake_at_s` in each plan: the time it wants to plan again even if
+    nothing happens by then (work held back for a request expected by that time)."""
     name: str
 
     def plan(self, state: SchedState, now_s: float) -> Plan: ...

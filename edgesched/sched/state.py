@@ -16,6 +16,7 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from edgesched.sched.arrivals import Gaps
 from edgesched.types import Launch, ModelInfo, Priority
 
 
@@ -157,9 +158,9 @@ class SchedState:
     stuck: dict[int, Launch] = field(default_factory=dict)
     _slice_load: dict[tuple[str, int], int] = field(default_factory=dict)
     _pending: dict[str, int] = field(default_factory=dict)          # model -> admitted, unanswered
-    # model -> (last arrival s, smoothed inter-arrival s, smoothed |deviation| s): lets a
-    # policy expect the next frame of a periodic (camera) model without being told its rate.
-    arrivals: dict[str, tuple[float, float | None, float]] = field(default_factory=dict)
+    # model -> its recent inter-arrival gaps (sched/arrivals.py): lets a policy expect the next
+    # frame of a camera model (or a burst of several cameras') without being told its rate.
+    gaps: dict[str, Gaps] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -231,7 +232,7 @@ class SchedState:
         self.models = models
         for name in [n for n in self._pending if n not in models]:
             del self._pending[name]
-            self.arrivals.pop(name, None)
+            self.gaps.pop(name, None)
         for name in models:
             self._pending.setdefault(name, 0)
 
@@ -239,25 +240,19 @@ class SchedState:
         self.requests[request.id] = request
         self._pending[request.model] += 1
         self._enqueue(request)
-        last = self.arrivals.get(request.model)
-        if last is None:
-            self.arrivals[request.model] = (request.arrival_s, None, 0.0)
+        gaps = self.gaps.get(request.model)
+        if gaps is None:
+            self.gaps[request.model] = Gaps(request.arrival_s)
         else:
-            gap = request.arrival_s - last[0]
-            if last[1] is None:
-                self.arrivals[request.model] = (request.arrival_s, gap, 0.0)
-            else:
-                deviation = 0.8 * last[2] + 0.2 * abs(gap - last[1])
-                self.arrivals[request.model] = (request.arrival_s, 0.8 * last[1] + 0.2 * gap,
-                                                deviation)
+            gaps.arrived(request.arrival_s)
 
-    def next_arrival_s(self, model: str) -> float | None:
-        """The earliest plausible time of the model's next request: one period after the last,
-        less three smoothed deviations (camera jitter). None: no estimate yet."""
-        last = self.arrivals.get(model)
-        if last is None or last[1] is None:
+    def next_arrival_s(self, model: str, now_s: float | None = None) -> float | None:
+        """The earliest plausible time of the model's next request, seen at now_s (default:
+        its last arrival): sched/arrivals.py. None: no history yet, or the source stopped."""
+        gaps = self.gaps.get(model)
+        if gaps is None:
             return None
-        return last[0] + last[1] - 3.0 * last[2]
+        return gaps.next_s(gaps.last_s if now_s is None else now_s)
 
     def start(self, launch: Launch, now_s: float) -> Request:
         request = self.requests[launch.request_id]

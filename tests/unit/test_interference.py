@@ -6,7 +6,6 @@ c=0.5; tolerance 1.10): with P_sm, P_mem the sums over the co-runners, slice i s
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -79,7 +78,8 @@ def snapshot(state: SchedState) -> tuple:
         dict(state.running),
         {k: [e[1] for e in q.by_arrival] for k, q in state._queues.items()},
         set(state._busy_streams), dict(state._slice_load), dict(state._pending),
-        copy.deepcopy(state.arrivals), state.num_streams, state.high_priority_streams,
+        {m: (g.last_s, list(g._sorted)) for m, g in state.gaps.items()}, state.num_streams,
+        state.high_priority_streams,
     )
 
 
@@ -441,3 +441,63 @@ def test_with_every_stream_busy_a_plan_costs_no_predictor_calls():
         start(state, rid, stream, PERIOD_S)
     calls, result = predictor_calls(state, PERIOD_S + 0.001)
     assert result.launches == () and calls == 0
+
+
+# --- several cameras into one model: bursts, then a pause -----------------------------------
+
+BURST_S = 0.001        # four cameras' frames 1 ms apart, every PERIOD_S
+
+
+def burst_state() -> tuple[SchedState, float]:
+    """cam fed by four in-phase cameras (8 periods served) and a best-effort `bulk` model
+    that cannot run beside cam's slice (HEAVY): only the arrival estimate lets it run."""
+    state = make_state(info("cam", priority=RT, slo_ms=33.0), info("bulk"))
+    times = sorted(k * PERIOD_S + c * BURST_S for k in range(8) for c in range(4))
+    served(state, "cam", times)
+    return state, times[-1]
+
+
+def test_best_effort_runs_in_the_pause_after_a_burst_and_not_inside_it():
+    state, last = burst_state()
+    p = policy({"cam": [CAM], "bulk": [HEAVY]})          # 2 ms; the pause is ~97 ms
+    admit(state, 1, "bulk", last)
+    inside = plan(p, state, last + 0.0005)               # the burst may not be over
+    assert inside.launches == ()
+    assert p.wake_at_s == pytest.approx(last + BURST_S)  # when the estimate moves on
+    after = plan(p, state, last + 0.0015)                # past every in-burst gap
+    assert launched(after) == {1: 1} and p.wake_at_s is None
+
+
+def test_best_effort_that_would_run_into_the_next_burst_waits_for_it():
+    state, last = burst_state()
+    long = dataclasses.replace(HEAVY, duration_us=PERIOD_S * 1e6)   # longer than the pause
+    p = policy({"cam": [CAM], "bulk": [long]})
+    admit(state, 1, "bulk", last)
+    assert plan(p, state, last + 0.0015).launches == ()
+    # the next burst is expected from its window's (jitter-widened) start: plan again then
+    assert last + BURST_S < p.wake_at_s <= last + PERIOD_S - 3 * BURST_S
+
+
+def test_the_engine_plans_again_at_the_policys_wake_time():
+    """Nothing else happens (no arrival, no completion): the engine's wait ends at wake_at_s,
+    so the held-back slice is reconsidered then, not at the next event."""
+    from edgesched.engine import Engine
+    from edgesched.types import EMPTY_PLAN
+    from tests.fakes import FakeBackend
+
+    class Holding:
+        name = "holding"
+        wake_at_s = None
+
+        def plan(self, state, now_s):
+            self.wake_at_s = now_s + 0.004 if now_s < 1.0 else None
+            return EMPTY_PLAN
+
+    backend = FakeBackend(start_s=0.5)
+    engine = Engine(backend, {"bulk": info("bulk")}, Holding(), queue_depth=8,
+                    on_result=lambda r: None, clock=backend.clock)
+    engine.step(1.0)
+    assert backend.polls[-1] == pytest.approx(0.004)      # not the 1 s it was allowed
+    backend.set_time(1.5)
+    engine.step(1.0)
+    assert backend.polls[-1] == pytest.approx(1.0)        # no wake asked: the usual wait
