@@ -66,25 +66,28 @@ class Gaps:
         """The earliest plausible time of the next arrival, seen at now_s (>= now_s): the
         start of the next window not yet passed, now_s while due (inside a window, or past
         them all), None with no history yet or once the source has stopped."""
-        if not self._sorted:
+        where = self._where(now_s)
+        if where is None:
             return None
-        waited = now_s - self.last_s
-        for lo, hi in self.windows():
-            if waited < lo - MARGIN * (hi - lo):
-                return self.last_s + lo - MARGIN * (hi - lo)
-            if waited <= hi:
-                return now_s
-        return now_s if waited < 2.0 * self._sorted[-1] else None
+        due, start_s, _ = where
+        return now_s if due else start_s
 
     def changes_s(self, now_s: float) -> float | None:
         """When `next_s` next changes if nothing arrives: the next window's start or the
         current one's end, or when the source will count as stopped."""
+        where = self._where(now_s)
+        return None if where is None else where[2]
+
+    def _where(self, now_s: float) -> tuple[bool, float, float] | None:
+        """(due now, when expected, when that changes) at now_s; None: no history, stopped."""
         if not self._sorted:
             return None
-        waited = now_s - self.last_s
+        last, waited = self.last_s, now_s - self.last_s
         for lo, hi in self.windows():
-            if waited < lo - MARGIN * (hi - lo):
-                return self.last_s + lo - MARGIN * (hi - lo)
+            early = lo - MARGIN * (hi - lo)
+            if waited < early:
+                return False, last + early, last + early
             if waited <= hi:
-                return self.last_s + hi
-        return self.last_s + 2.0 * self._sorted[-1]
+                return True, now_s, last + hi
+        stops_s = last + 2.0 * self._sorted[-1]
+        return (True, now_s, stops_s) if now_s < stops_s else None

@@ -173,3 +173,15 @@ def raw_sockets() -> Iterator[RawSockets]:
     sockets = RawSockets()
     yield sockets
     sockets.close()
+
+
+@pytest.fixture
+def region():
+    """A 1 MiB POSIX shared-memory region (shared-memory tensor tests), unlinked afterwards."""
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(create=True, size=1 << 20)
+    try:
+        yield shm
+    finally:
+        shm.close()
+        shm.unlink()

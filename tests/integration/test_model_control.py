@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from edgesched import Client, UnknownModel
 from edgesched.config import load_config
@@ -24,7 +23,7 @@ from edgesched.errors import ModelChangeRefused, NotPermitted
 from edgesched.serve import wire
 from edgesched.serve.admin import load_model, unload_model
 from edgesched.serve.server import Server
-from tests.integration.conftest import example_entries
+from tests.integration.test_reload import entries, write_config
 from tests.models import EXAMPLES, SLOW_INPUT, slow_input
 
 pytest.importorskip("onnxruntime")
@@ -33,20 +32,6 @@ INPUTS = {"convnet": {"image": np.zeros((1, 3, 96, 96), np.float32)},
           "depthwise": {"image": np.zeros((1, 3, 128, 128), np.float32)}}
 NOBODY = 65534          # a uid and gid that exist on Linux (nobody / nogroup)
 IS_ROOT = os.getuid() == 0
-
-
-def write_config(path: Path, endpoint: str, models: list[dict], **server) -> Path:
-    path.write_text(yaml.safe_dump({
-        "device": {"backend": "onnxruntime", "streams": 2},
-        "server": {"endpoint": endpoint, **server}, "telemetry": "none", "models": models}))
-    return path
-
-
-def entries(*names: str, **slo_ms: float) -> list[dict]:
-    out = [e for e in example_entries() if e["name"] in names]
-    for e in out:
-        e["slo_ms"] = slo_ms.get(e["name"], e["slo_ms"])
-    return out
 
 
 @pytest.fixture

@@ -30,10 +30,11 @@ INPUTS = {"convnet": {"image": np.zeros((1, 3, 96, 96), np.float32)},
           "attention": {"tokens": np.zeros((1, 32, 64), np.float32)}}
 
 
-def write_config(path: Path, endpoint: str, models: list[dict], streams: int = 2) -> Path:
+def write_config(path: Path, endpoint: str, models: list[dict], streams: int = 2,
+                 **server) -> Path:
     path.write_text(yaml.safe_dump({
         "device": {"backend": "onnxruntime", "streams": streams},
-        "server": {"endpoint": endpoint}, "telemetry": "none", "models": models}))
+        "server": {"endpoint": endpoint, **server}, "telemetry": "none", "models": models}))
     return path
 
 

@@ -24,16 +24,6 @@ pytest.importorskip("onnxruntime")
 SHAPE = (1, 3, 96, 96)
 
 
-@pytest.fixture
-def region():
-    shm = shared_memory.SharedMemory(create=True, size=1 << 20)
-    try:
-        yield shm
-    finally:
-        shm.close()
-        shm.unlink()
-
-
 def mappings(name: str) -> int:
     return sum(name in line for line in Path("/proc/self/maps").read_text().splitlines())
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from multiprocessing import shared_memory
 
 import msgpack
 import numpy as np
@@ -16,16 +15,6 @@ from tests.integration.test_shm import SHAPE, raw_call
 from tests.models import example_input
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture
-def region():
-    shm = shared_memory.SharedMemory(create=True, size=1 << 20)
-    try:
-        yield shm
-    finally:
-        shm.close()
-        shm.unlink()
 
 
 def _logits(client) -> tuple[tuple, np.dtype]:
