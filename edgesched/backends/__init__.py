@@ -67,11 +67,15 @@ def load_models(backend: Backend, entries: Iterable[ModelEntry]) -> dict[str, Mo
         shapes = dict(getattr(m, "shapes", None) or {})
         loaded = (backend.load(m.name, m.path, m.instances, shapes=shapes) if shapes
                   else backend.load(m.name, m.path, m.instances))
-        check(m.name, loaded.inputs, shapes)
-        models[m.name] = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices,
-                                   m.slo_ms, m.priority, m.instances, str(m.path), shapes,
-                                   getattr(m, "batch", None))
-        check_batchable(models[m.name])      # ShapeError: a model that cannot batch
+        info = ModelInfo(m.name, loaded.inputs, loaded.outputs, loaded.num_slices, m.slo_ms,
+                         m.priority, m.instances, str(m.path), shapes, getattr(m, "batch", None))
+        try:
+            check(m.name, loaded.inputs, shapes)
+            check_batchable(info)            # ShapeError: a model that cannot batch
+        except BaseException:
+            backend.unload(m.name)           # refused: nothing of it stays on the backend
+            raise
+        models[m.name] = info
     return models
 
 

@@ -11,8 +11,8 @@ keeps nothing.
 
 Each file is kept in an anonymous in-memory file (memfd_create; RAM or swap, never the
 disk), from its first read until `forget`; where memfd_create is missing (not Linux), as a
-bytes object, and `source` gives the bytes. A file changed on disk since is not noticed until
-`forget`.
+bytes object, and `source` gives the bytes. A file rebuilt on disk since it was kept (another
+size or mtime) is read again; a file gone from the disk is served from RAM.
 """
 from __future__ import annotations
 
@@ -29,25 +29,31 @@ class Blobs:
     (a reload served from RAM leaves it unchanged). Safe to use from several threads."""
 
     def __init__(self) -> None:
-        self._kept: dict[Path, tuple[int | bytes, int]] = {}     # -> (memfd or bytes, size)
+        # -> (memfd or bytes, size, the file's (mtime_ns, size) when kept)
+        self._kept: dict[Path, tuple[int | bytes, int, tuple]] = {}
         self._lock = threading.Lock()
         self.disk_reads = 0
         weakref.finalize(self, _close, self._kept)   # the memfds go with the last reference
 
     def read(self, path: Path) -> bytes:
-        held, size = self._keep(path)
+        held, size, _ = self._keep(path)
         return held if isinstance(held, bytes) else os.pread(held, size, 0)
 
     def source(self, path: Path) -> str | bytes:
         """What a path-loading library opens: the in-RAM file's path (or the bytes)."""
-        held, _ = self._keep(path)
+        held, _, _ = self._keep(path)
         return held if isinstance(held, bytes) else f"/proc/self/fd/{held}"
 
     def _keep(self, path: Path) -> tuple[int | bytes, int]:
         key = Path(path).resolve()
+        stamp = _stamp(key)
         with self._lock:
-            if key in self._kept:
-                return self._kept[key]
+            kept = self._kept.get(key)
+            if kept is not None and stamp in (None, kept[2]):   # unchanged, or gone: RAM
+                return kept
+            stale = self._kept.pop(key, None)
+        if stale is not None:
+            _close({key: stale})
         blob = read_file(key)
         held: int | bytes = blob
         if hasattr(os, "memfd_create"):
@@ -59,7 +65,7 @@ class Blobs:
                 if isinstance(held, int):
                     os.close(held)
                 return self._kept[key]
-            self._kept[key] = (held, len(blob))
+            self._kept[key] = (held, len(blob), stamp)
             return self._kept[key]
 
     def __contains__(self, path) -> bool:
@@ -76,7 +82,7 @@ class Blobs:
     def held_bytes(self) -> int:
         """Host RAM the kept files take."""
         with self._lock:
-            return sum(size for _, size in self._kept.values())
+            return sum(kept[1] for kept in self._kept.values())
 
 
 def _write_all(fd: int, blob: bytes) -> None:
@@ -85,8 +91,17 @@ def _write_all(fd: int, blob: bytes) -> None:
         done += os.write(fd, view[done:done + (1 << 30)])
 
 
+def _stamp(path: Path) -> tuple | None:
+    """(mtime_ns, size) of the file on disk; None when it is gone."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
 def _close(kept: dict) -> None:
-    for held, _ in kept.values():
+    for held, *_ in kept.values():
         if isinstance(held, int):
             os.close(held)
     kept.clear()

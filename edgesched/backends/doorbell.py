@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from typing import Callable
 
 
@@ -23,6 +24,7 @@ class Doorbell:
         self._news: queue.SimpleQueue = queue.SimpleQueue()
         self._block: Callable[[float], None] | None = None
         self._read_fd = self._write_fd = -1
+        self._closing = threading.Lock()         # ring vs close of the shared pipe
 
     def share(self, block: Callable[[float], None]) -> int:
         """Wait in `block(timeout_s)` from now on, which must return early when the returned
@@ -37,11 +39,13 @@ class Doorbell:
 
     def ring(self, news=None) -> None:
         self._news.put(news)
-        if self._write_fd >= 0:
-            try:
-                os.write(self._write_fd, b"\0")
-            except (BlockingIOError, OSError):
-                pass    # a full pipe is already readable; a closed one has no waiter left
+        if self._write_fd >= 0:                  # shared: ~1 us more per ring
+            with self._closing:
+                if self._write_fd >= 0:
+                    try:
+                        os.write(self._write_fd, b"\0")
+                    except (BlockingIOError, OSError):
+                        pass    # a full pipe is already readable
 
     def wait(self, timeout_s: float) -> list:
         """The news so far (rings without news dropped); if there is none yet, waits up to
@@ -77,9 +81,12 @@ class Doorbell:
                 return rings
 
     def close(self) -> None:
-        """Close the shared pipe (after the waiting thread has stopped)."""
-        for fd in (self._read_fd, self._write_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._read_fd = self._write_fd = -1
-        self._block = None
+        """Close the shared pipe (after the waiting thread has stopped; other threads may
+        still ring: a timer, a finishing reload). Under the lock, so no ring writes to a
+        descriptor number the process has since reused."""
+        with self._closing:
+            fds, self._read_fd, self._write_fd = (self._read_fd, self._write_fd), -1, -1
+            self._block = None
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)

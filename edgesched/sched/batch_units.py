@@ -43,7 +43,7 @@ class Batches:
         self._limits: dict[str, tuple[ModelInfo, int]] = {}   # model -> (info, max rows)
         self._generation: dict[str, int] = {}
         self._inputs: dict[int, Mapping] = {}      # admitted batchable request -> its inputs
-        self._key: dict[int, tuple] = {}           # ... -> (generation, shapes but dim 0)
+        self._key: dict[int, tuple] = {}           # ... -> (model, generation, shapes but dim 0)
         self._rows: dict[int, int] = {}            # ... -> its rows
         self.units: dict[int, Unit] = {}           # head id -> its unit
         self.joined: dict[int, int] = {}           # member id (not a head) -> its head's id
@@ -90,12 +90,17 @@ class Batches:
         if rows is None:                 # synthetic: the model's own (opt) rows
             rows = _synthetic_rows(self._limits[request.model][0])
         self._inputs[request.id] = inputs
-        self._key[request.id] = (self._generation[request.model], rest)
+        # the model too: generations count per model, so two models' keys could match
+        self._key[request.id] = (request.model, self._generation[request.model], rest)
         self._rows[request.id] = rows
 
     def rows(self, request_id: int) -> int | None:
         """Rows of an admitted batchable request not in a unit (None: not batchable)."""
         return self._rows.get(request_id)
+
+    def held(self, model: str | None = None) -> list[Request]:
+        """Requests held for company (out of their queues), of `model` or of every model."""
+        return [r for r in self._held.values() if model is None or r.model == model]
 
     def forget(self, request_id: int) -> None:
         """The request was answered (or joined a unit that now carries its inputs)."""

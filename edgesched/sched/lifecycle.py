@@ -340,8 +340,10 @@ class Lifecycle:
     def _fail_waiting(self, out: Update, model: str | None, error: RequestError) -> None:
         """Fail the waiting (not running) requests of `model`, or of every model if None."""
         state = self.state
-        waiting = state.waiting() if model is None else state.waiting_for(model)
-        for request in list(waiting):
+        waiting = list(state.waiting() if model is None else state.waiting_for(model))
+        if self.batches.holds:           # held for company: waiting too, out of their queues
+            waiting += self.batches.held(model)
+        for request in waiting:
             self._fail(out, request, error, Outcome.FAILED)
 
     def _fail(self, out: Update, request: Request, error: RequestError,

@@ -250,7 +250,8 @@ class Reloader:
         loaded: dict[str, ModelInfo] = {}
         for entry in entries:
             try:
-                loaded.update(load_models(self.server.backend, [entry]))
+                with self.server.residency.load_lock:   # one load at a time on the backend
+                    loaded.update(load_models(self.server.backend, [entry]))
             except EdgeschedError:
                 backend = self.server.backend
                 for name in loaded:      # a model that failed to load holds nothing

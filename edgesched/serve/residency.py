@@ -71,6 +71,7 @@ class Residency:
         self._intake: threading.Lock | None = None
         self._on_result: Callable[[Result], None] | None = None
         self._load_lock = threading.Lock()      # one load at a time on the backend
+        self.load_lock = self._load_lock         # ... reloads of the config take it too
         self._timer_pending = False
         self._closed = False
 
@@ -227,6 +228,14 @@ class Residency:
                                 "deadline")
             if m.waiting and not m.loading and m.entry.name not in self._engine.models:
                 self._give_up(m, "a reload of the config removed it")
+            elif m.waiting and not m.loading and not self._managed(m.entry.name):
+                # A reload moved it to a new version (a backend key of its own, outside the
+                # budget): the engine serves its requests now; its old key is the engine's to
+                # unload, never ours to reload.
+                with self._lock:
+                    waiting, m.waiting = m.waiting, []
+                for s, _ in waiting:
+                    self._engine.submit(s)
             elif m.waiting and not m.resident and not m.loading:
                 if m.footprint_bytes > self.budget_bytes - self._pinned_bytes():
                     self._give_up(m, f"its {_mb(m.footprint_bytes)} MiB never fit beside the "
@@ -320,7 +329,7 @@ class Residency:
         with self._lock:
             return sum(m.footprint_bytes for m in self._models.values()
                        if (m.resident or m.loading) and
-                       (self._engine is None or m.entry.name in self._engine.models))
+                       (self._engine is None or self._managed(m.entry.name)))
 
     def of(self, name: str) -> dict | None:
         """One model's residency for MODELS and STATS; None without a budget."""

@@ -174,8 +174,10 @@ class Server:
         self.engine.wake()
         self._thread.join()      # it answers what is left (ShuttingDown), then sends it out
         self._close_watchers()
-        self.regions.close()                     # handed back to the backend, then unmapped
+        # The backend first: after a drain timeout a launch may still read a region, and the
+        # backend's close waits for its launches, then gives every CUDA registration back.
         self.backend.close()
+        self.regions.close()
         self.engine.doorbell.close()
         self._ctx.term()
         self._close_notifier()

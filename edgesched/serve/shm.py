@@ -181,7 +181,8 @@ class Regions:
             for region in list(self._regions.values()):
                 region.owners.clear()
                 region.in_flight = 0
-                self._unmap(region)
+                if not self._unmap(region):      # a view is alive: retried, fd kept open
+                    self._closing.append(region)
             self._regions.clear()
             self._retry_closing()
 

@@ -215,3 +215,32 @@ def test_synthetic_requests_batch_at_the_models_rows():
     admit(life, 0.0, {})
     (_, inputs, _), = life.launched(Plan((Launch(a.id, "m", 0, 0),)), 0.0).batches
     assert inputs["image"].shape == (2, 3, 4, 4)
+
+
+def test_a_held_request_never_joins_another_models_batch():
+    """Two models alike in every input (as two camera detectors are): a request of `n` held
+    for company stays out of a batch of `m`, whose outputs are not its own."""
+    models = {name: ModelInfo(name, (IMAGE,), (LOGITS,), 2, 30.0, Priority.REALTIME, 1,
+                              batch=BatchConfig(4, 5.0)) for name in ("m", "n")}
+    latency = BatchLatency({name: {1: MS, 4: 4 * MS} for name in models})
+    life = Lifecycle(models, 2, queue_depth=16, batch_latency=latency)
+    (held, _), = life.intake([Submission("n", image(), 0.0)], 0.0).staged
+    assert not life.launched(Plan((Launch(held.id, "n", 0, 0),)), 0.0).launches   # held
+    (head, _), = life.intake([Submission("m", image(3), 0.001)], 0.001).staged
+    update = life.launched(Plan((Launch(head.id, "m", 0, 0),)), 0.001)
+    assert [(h.id, others) for h, _, others in update.batches] in ([], [(head.id, ())])
+    assert held.id in life.batches.holds                   # still waiting for its own kind
+
+
+def test_requests_held_for_company_fail_with_the_waiting_ones():
+    """A model turning unhealthy fails its waiting requests; those held for company are
+    waiting too (out of their queue), so they fail with them rather than launch later."""
+    from edgesched.errors import ModelUnavailable
+    from edgesched.sched.updates import Update
+    life = lifecycle(wait_ms=5.0)
+    a = admit(life, 0.0)
+    assert not life.launched(Plan((Launch(a.id, "m", 0, 0),)), 0.0).launches     # held
+    out = Update()
+    life._fail_waiting(out, "m", ModelUnavailable("model 'm' is unhealthy"))
+    assert [x.request for x in out.answers] == [a] and not life.batches.holds
+    assert life.state.pending("m") == 0

@@ -14,16 +14,17 @@ import pytest
 from tests.unit.tensorrt_helpers import inputs, run_engine, two_slice_model
 
 PAGE = mmap.PAGESIZE
+STRIDE = 256          # frames 256-aligned in the region: TensorRT binds only such addresses
 
 
 def _region_with(frames: list[np.ndarray]) -> tuple[mmap.mmap, list[np.ndarray]]:
     """A mapping holding `frames` back to back, and read-only views of each (as shm.py's)."""
     region = mmap.mmap(-1, PAGE)
     for k, frame in enumerate(frames):
-        region[k * 64:k * 64 + frame.nbytes] = frame.tobytes()
+        region[k * STRIDE:k * STRIDE + frame.nbytes] = frame.tobytes()
     whole = np.frombuffer(region, np.uint8)
     whole.flags.writeable = False
-    views = [whole[k * 64:k * 64 + f.nbytes].view(f.dtype).reshape(f.shape)
+    views = [whole[k * STRIDE:k * STRIDE + f.nbytes].view(f.dtype).reshape(f.shape)
              for k, f in enumerate(frames)]
     return region, views
 
@@ -51,7 +52,7 @@ def test_integrated_binds_the_region_itself_and_copies_nothing(cuda, tmp_path):
     for frame, out in zip(frames, outputs):
         np.testing.assert_array_equal(out, frame + 11.0)    # read from the region, in place
     assert copies == []
-    assert sorted(bound) == [device + k * 64 for k in range(3)]   # bound at the region itself
+    assert sorted(bound) == [device + k * STRIDE for k in range(3)]   # bound at the region itself
     (reg,) = fake.gpu.named("cuMemHostRegister")
     assert reg.args[1] == address and reg.args[3] & 0x2 and reg.args[3] & 0x8
     assert fake.gpu.registered == {} and fake.gpu.named("cuMemHostUnregister")
@@ -65,7 +66,7 @@ def test_discrete_copies_once_straight_from_the_region(cuda, tmp_path):
     for frame, out in zip(frames, outputs):
         np.testing.assert_array_equal(out, frame + 11.0)
     sources = sorted(c.args[2] for c in copies)
-    assert sources == [address + k * 64 for k in range(3)]   # one copy each, from the region
+    assert sources == [address + k * STRIDE for k in range(3)]   # one copy each, from the region
     assert device == 0                                        # pinned only: no DEVICEMAP
     assert not fake.gpu.violations
 
@@ -119,12 +120,21 @@ def test_a_server_on_tensorrt_binds_a_clients_region_in_place(cuda, tmp_path):
         with Server(config, backend=cuda.make(streams=2)) as server, \
                 Client(endpoint, timeout_s=10.0) as client:
             reg = client.register(shm)
-            x = client.shared_array(reg, frame.shape, np.float32, offset=128)
+            x = client.shared_array(reg, frame.shape, np.float32, offset=256)
             x[:] = frame
             np.testing.assert_array_equal(client.infer("twostep", {"x": x})["y"], frame + 11.0)
             (registration,) = fake.gpu.registered.values()
             bound = [c.args[2] for c in fake.gpu.named("set_tensor_address") if c.args[1] == "x"]
-            assert bound == [registration.device_ptr + 128]
+            assert bound == [registration.device_ptr + 256]
+            # 64 bytes in: not 256-aligned, which TensorRT refuses: staged by copy instead
+            odd = client.shared_array(reg, frame.shape, np.float32, offset=64)
+            odd[:] = frame + 1
+            np.testing.assert_array_equal(client.infer("twostep", {"x": odd})["y"],
+                                          frame + 12.0)
+            bound = [c.args[2] for c in fake.gpu.named("set_tensor_address") if c.args[1] == "x"]
+            inside = registration.device_ptr <= bound[-1] < registration.device_ptr + PAGE
+            assert not inside                        # a pooled staging buffer, not the region
+            del odd
             client.unregister(reg)
             client.ping()                   # the unregister has been handled
             assert fake.gpu.registered == {}

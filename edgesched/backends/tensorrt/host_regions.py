@@ -27,6 +27,7 @@ log = logging.getLogger("edgesched.tensorrt")
 CU_MEMHOSTREGISTER_PORTABLE = 0x1
 CU_MEMHOSTREGISTER_DEVICEMAP = 0x2
 CU_MEMHOSTREGISTER_READ_ONLY = 0x8
+BIND_ALIGN = 256     # bytes: setTensorAddress needs at least this alignment (NvInferRuntime.h)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class HostRegionsMixin:
             return None
         if self.zero_copy:
             address = host.device_address(array)
-            if address is None:
+            if address is None or address % BIND_ALIGN:   # TensorRT binds 256-aligned only
                 return None
             return Tensor(self._pool.borrow(array, address), dtype, array.shape)
         if not host.pinned(array):

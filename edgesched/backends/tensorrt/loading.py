@@ -8,6 +8,7 @@ primary context current around `load`.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -37,13 +38,18 @@ class Loader:
         self._select_on, self._synchronize = select_on, synchronize
         self._engines: dict[tuple[Path, int | None], object] = {}
         self._sizes: dict[tuple[Path, int | None], int] = {}   # serialized bytes per engine
+        # Loads run off the engine thread (a reload, the memory budget) while the engine
+        # thread unloads: the two caches change under this lock (never held while a blob
+        # deserializes, so an unload does not wait for a load).
+        self._cache = threading.Lock()
         self.blobs: Blobs | None = None      # engine files kept in host RAM (blobs.py)
 
     def clear(self) -> None:
         """Drop the engines, then the runtime (each engine keeps its runtime alive through
         the bindings, so the runtime goes with the last engine whichever order)."""
-        self._engines.clear()
-        self._sizes.clear()
+        with self._cache:
+            self._engines.clear()
+            self._sizes.clear()
         self._runtime = None
 
     def release(self, model: Model, others) -> None:
@@ -60,8 +66,9 @@ class Loader:
         """Drop the cached engines no model in `others` uses (their last reference, unless
         a live context still holds one). The primary context must be current."""
         in_use = {id(piece.engine) for m in others for piece in m.slices}
-        for key in [k for k, e in self._engines.items() if id(e) not in in_use]:
-            del self._engines[key], self._sizes[key]
+        with self._cache:
+            for key in [k for k, e in self._engines.items() if id(e) not in in_use]:
+                del self._engines[key], self._sizes[key]
 
     def load(self, path: Path, instances: int) -> Model:
         if path.is_dir():
@@ -100,7 +107,9 @@ class Loader:
             if dla_core is None:
                 dla_core = tag.dla_core
         key = (path.resolve(), dla_core)
-        if key not in self._engines:
+        with self._cache:
+            cached = self._engines.get(key), self._sizes.get(key)
+        if cached[0] is None:
             blob = blobs.read(self.blobs, path)
             if dla_core is not None:
                 cores = int(self._runtime.num_DLA_cores)
@@ -117,8 +126,10 @@ class Loader:
                     f"{path}: TensorRT {self._trt.__version__} cannot deserialize it: most likely "
                     "built for another TensorRT version or another GPU; "
                     + tags.rebuild_hint(tag))
-            self._engines[key], self._sizes[key] = engine, len(blob)
-        return self._engines[key], self._sizes[key]
+            with self._cache:
+                self._engines[key], self._sizes[key] = engine, len(blob)
+            cached = engine, len(blob)
+        return cached
 
     def _sliced(self, directory: Path, instances: int) -> Model:
         if not (directory / MANIFEST_NAME).is_file():
