@@ -144,3 +144,23 @@ def test_a_server_on_tensorrt_binds_a_clients_region_in_place(cuda, tmp_path):
         shm.close()
         shm.unlink()
     assert not fake.gpu.violations
+
+
+def test_a_region_given_up_while_a_launch_reads_it_stays_registered_until_it_ends(cuda,
+                                                                                 tmp_path):
+    """A launch that overran its timeout was answered, so the server may give the region up
+    while the kernel still reads it: CUDA keeps it registered until that request is freed."""
+    fake = cuda.install(integrated=True)
+    backend = cuda.make(streams=1)
+    frame = inputs(1)[0]
+    region, (view,) = _region_with([frame])
+    address = np.frombuffer(region, np.uint8, 1).ctypes.data
+    assert backend.map_host(address, PAGE)
+    backend.load("twostep", two_slice_model(tmp_path / "m"), 1)
+    backend.stage(7, "twostep", {"x": view})       # bound to the region, not yet freed
+    backend.unmap_host(address)                     # the server gives the region up
+    assert address in fake.gpu.registered           # still registered: request 7 holds it
+    backend.release(7)                              # the request ends
+    assert fake.gpu.registered == {} and fake.gpu.named("cuMemHostUnregister")
+    assert not fake.gpu.violations
+    del view

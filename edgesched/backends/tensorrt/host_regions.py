@@ -9,10 +9,13 @@ register (no HOST_REGISTER_SUPPORTED, or a read-only mapping on a device without
 READ_ONLY_HOST_REGISTER_SUPPORTED) is remembered as such: its inputs take the copy path, as
 any other input does. The server maps regions PROT_READ, so registrations pass READ_ONLY.
 
-Lifetime: registered when the server maps a region, unregistered before it unmaps it (the
-driver must not hold pages that are gone); a request's claim on its region keeps it mapped
-until the reply is sent, after its last launch has completed, so no kernel reads a region
-after it is unregistered.
+Lifetime: registered when the server maps a region, unregistered when it gives the region up,
+before unmapping it (the driver must not hold pages that are gone). A request's claim keeps a
+region mapped until its reply is sent, normally after its last launch has completed; a launch
+that overran the launch timeout is answered while it may still run, so each tensor bound to a
+region is counted, and a region given up while one is still out is unregistered when the last
+comes back (its request freed). Only inputs lying 256-byte aligned are bound in place
+(TensorRT's rule for tensor addresses); others are copied.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgesched.backends.tensorrt.memory import BORROWED, Tensor
 
 log = logging.getLogger("edgesched.tensorrt")
 
@@ -48,6 +53,10 @@ class HostRegions:
         self._starts: list[int] = []
         self._regions: list[Registered] = []
         self._warned = False
+        # region start -> tensors bound to it now; regions the server gave up while some were
+        # (a launch that overran its timeout may still read one): unregistered when they end
+        self._lent: dict[int, int] = {}
+        self._deferred: set[int] = set()
 
     def register(self, host: int, nbytes: int) -> bool:
         """Register [host, host + nbytes); False when it stays unregistered (copy path)."""
@@ -68,16 +77,37 @@ class HostRegions:
         self._regions.insert(at, Registered(host, nbytes, device if self._mapped else 0))
         return True
 
-    def unregister(self, host: int) -> None:
+    def unregister(self, host: int, force: bool = False) -> None:
         at = bisect.bisect_left(self._starts, host)
         if at == len(self._starts) or self._starts[at] != host:
             return
+        if self._lent.get(host) and not force:
+            self._deferred.add(host)       # a launch still reads it: when the last one ends
+            return
         del self._starts[at]
         self._regions.pop(at)
+        self._lent.pop(host, None)
+        self._deferred.discard(host)
         self._driver.host_unregister(host)
 
     def unregister_all(self) -> None:
+        """Everything (the backend is closing: no launch runs any more)."""
         for region in list(self._regions):
+            self.unregister(region.host, force=True)
+
+    def lend(self, region: Registered) -> None:
+        """A tensor is bound to `region` (give it back with `returned`)."""
+        self._lent[region.host] = self._lent.get(region.host, 0) + 1
+
+    def returned(self, host: int) -> None:
+        """A tensor bound at host address `host` is done with; a region given up meanwhile
+        is unregistered now if that was its last."""
+        region = self.find(host, 1)
+        if region is None:
+            return
+        left = self._lent.get(region.host, 0) - 1
+        self._lent[region.host] = max(left, 0)
+        if left <= 0 and region.host in self._deferred:
             self.unregister(region.host)
 
     def find(self, host: int, nbytes: int) -> Registered | None:
@@ -129,16 +159,24 @@ class HostRegionsMixin:
             return self._host.register(address, nbytes)
 
     def unmap_host(self, address: int) -> None:
-        """Before the server unmaps it; no launch reads it any more."""
+        """The server gives the region up (before unmapping it; the mapping itself stays while
+        a tensor of ours views it). Unregistered now, or when the last launch reading it ends
+        (one that overran its timeout may still run)."""
         if self._host is not None and len(self._host):
             with self._current():
                 self._host.unregister(address)
+
+    def _give(self, buf) -> None:
+        """A request's buffer goes back: to the pool, and a borrowed one to its region."""
+        if buf.key[0] is BORROWED and self._host is not None:
+            with self._current():
+                self._host.returned(buf.host_ptr)
+        self._pool.give(buf)
 
     def _in_place(self, array: np.ndarray, dtype: np.dtype):
         """A Tensor over `array` where it lies in a registered region and needs no cast: the
         engine reads it there (integrated), or one async copy from it fills a pooled device
         buffer (discrete; `dirty`). None: stage it by copying as any other input."""
-        from edgesched.backends.tensorrt.memory import Tensor
         host = self._host
         if host is None or not len(host) or array.dtype != dtype or not array.nbytes:
             return None
@@ -146,9 +184,11 @@ class HostRegionsMixin:
             address = host.device_address(array)
             if address is None or address % BIND_ALIGN:   # TensorRT binds 256-aligned only
                 return None
-            return Tensor(self._pool.borrow(array, address), dtype, array.shape)
-        if not host.pinned(array):
+            tensor = Tensor(self._pool.borrow(array, address), dtype, array.shape)
+        elif host.pinned(array):
+            tensor = Tensor(self._pool.borrow(array, None), dtype, array.shape)
+            tensor.dirty = True
+        else:
             return None
-        tensor = Tensor(self._pool.borrow(array, None), dtype, array.shape)
-        tensor.dirty = True
+        host.lend(host.find(array.ctypes.data, array.nbytes))
         return tensor

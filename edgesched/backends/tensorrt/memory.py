@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 ALIGN = 256                        # pooled buffer sizes round up to this (TensorRT's alignment)
-_BORROWED = object()               # key[0] of a buffer over a client's region (Pool.borrow)
+BORROWED = object()               # key[0] of a buffer over a client's region (Pool.borrow)
 
 
 class Buffer:
@@ -57,10 +57,10 @@ class Pool:
         device buffer. `give` returns only that device buffer; the region stays the client's."""
         raw = host.reshape(-1).view(np.uint8)
         device = None if device_ptr is not None else self.take(False, raw.nbytes)
-        return Buffer((_BORROWED, device), device_ptr if device is None else device.ptr, raw, ())
+        return Buffer((BORROWED, device), device_ptr if device is None else device.ptr, raw, ())
 
     def give(self, buf: Buffer) -> None:
-        if buf.key[0] is _BORROWED:
+        if buf.key[0] is BORROWED:
             if buf.key[1] is not None:
                 self.give(buf.key[1])
             return

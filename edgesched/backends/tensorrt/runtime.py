@@ -381,7 +381,7 @@ class TensorRTBackend(Calibrating, HostRegionsMixin):
 
     def _free(self, request: _Request) -> None:
         for tensor in request.tensors.values():
-            self._pool.give(tensor.buf)
+            self._give(tensor.buf)        # host_regions.py: the pool, or a client's region
         request.tensors.clear()
 
     def close(self) -> None:
