@@ -53,12 +53,19 @@ def _heads(state: SchedState, cap: int, realtime_by_urgency: bool) -> tuple[list
 
 def _fill(state: SchedState, entries: Iterable[tuple], free: list[int],
           pick_stream: Callable[[Request, list[int]], int] | None = None) -> Plan:
-    """Give each entry's request, in order, a free stream (the first, or `pick_stream`'s)
-    while streams and instances last. Entries come from `_heads`, which took no more of a
-    queue than its slice's free instances: a slice's load is checked only once this plan has
-    launched it (a realtime and a best-effort queue of one slice share its instances)."""
-    taken: dict[tuple[str, int], int] = {}
-    launches = []
+    launches: list[Launch] = []
+    _take(state, entries, free, {}, launches, pick_stream)
+    return Plan(tuple(launches)) if launches else EMPTY
+
+
+def _take(state: SchedState, entries: Iterable[tuple], free: list[int],
+          taken: dict[tuple[str, int], int], launches: list[Launch],
+          pick_stream: Callable[[Request, list[int]], int] | None = None) -> None:
+    """Give each entry's request, in order, a stream of `free` (the first, or `pick_stream`'s;
+    taken from `free`) while streams and instances last, into `launches`. Entries come from
+    `_heads`, which took no more of a queue than its slice's free instances: a slice's load is
+    checked only once this plan has launched it (`taken`: launches per (model, slice) so far,
+    so a realtime and a best-effort queue of one slice share its instances)."""
     models, loads = state.models, state.slice_loads
     for _, _, request in entries:
         if not free:
@@ -71,7 +78,6 @@ def _fill(state: SchedState, entries: Iterable[tuple], free: list[int],
         free.remove(stream)
         taken[key] = 1 if used is None else used + 1
         launches.append(Launch(request.id, request.model, request.next_slice, stream))
-    return Plan(tuple(launches)) if launches else EMPTY
 
 
 class Fifo:
@@ -122,30 +128,17 @@ class PriorityStreams:
         realtime, best_effort = _heads(state, state.num_streams - len(state.running), True)
         realtime.sort()
         best_effort.sort()
-        taken = {}
-        launches = []
+        taken: dict[tuple[str, int], int] = {}
+        launches: list[Launch] = []
         if realtime:
-            plan = _fill(state, realtime, free,
-                         lambda r, free: next((s for s in free if s in high), free[0]))
-            launches += plan.launches
-            for launch in plan.launches:
-                key = (launch.model, launch.slice_index)
-                taken[key] = taken.get(key, 0) + 1
+            _take(state, realtime, free, taken, launches,
+                  lambda r, free: next((s for s in free if s in high), free[0]))
         if best_effort and free:
             # The streams best effort may take, in order: not the high-priority ones, unless
             # nothing else can run.
             allowed = free if state.only_high_priority_usable() else [
                 s for s in free if s not in high]
-            models, loads = state.models, state.slice_loads
-            for _, _, r in best_effort:
-                if not allowed:
-                    break
-                key = (r.model, r.next_slice)
-                used = taken.get(key)
-                if used is not None and loads.get(key, 0) + used >= models[r.model].instances:
-                    continue
-                taken[key] = 1 if used is None else used + 1
-                launches.append(Launch(r.id, r.model, r.next_slice, allowed.pop(0)))
+            _take(state, best_effort, allowed, taken, launches)
         return Plan(tuple(launches)) if launches else EMPTY
 
 

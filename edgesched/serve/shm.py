@@ -112,36 +112,25 @@ class Regions:
     def resolve(self, peer: tuple, inputs: dict) -> tuple[dict, list]:
         """Inputs with every RegionRef replaced by a read-only view of its region, and the
         regions claimed (hand them to `release` when the request's reply is sent)."""
-        if not any(type(v) is RegionRef for v in inputs.values()):
+        refs = {name: ref for name, ref in inputs.items() if type(ref) is RegionRef}
+        if not refs:
             return inputs, []
-        resolved, used = dict(inputs), []
-        with self._lock:
-            try:
-                for name, ref in inputs.items():
-                    if type(ref) is RegionRef:
-                        region = self._readable(peer, name, ref)
-                        resolved[name] = np.frombuffer(
-                            region.map, ref.dtype, math.prod(ref.shape), ref.offset
-                        ).reshape(ref.shape)
-                        region.in_flight += 1
-                        used.append(region)
-            except BaseException:
-                self._release(used)
-                raise
-        return resolved, used
+        views, used = self._claim(peer, refs, "input")
+        return {**inputs, **views}, used
 
     def resolve_targets(self, peer: tuple, targets: dict) -> tuple[dict, list]:
-        """Output targets (name -> RegionRef) as writable views of their regions, claimed as
-        `resolve` claims inputs (hand them to `release` once the reply is sent)."""
-        if not targets:
-            return {}, []
+        """Output targets (name -> RegionRef) as views of their regions, which must have been
+        registered writable; claimed as `resolve` claims inputs."""
+        return self._claim(peer, targets, "output target") if targets else ({}, [])
+
+    def _claim(self, peer: tuple, refs: dict, what: str) -> tuple[dict, list]:
         views, used = {}, []
         with self._lock:
             try:
-                for name, ref in targets.items():
-                    region = self._readable(peer, name, ref, what="output target")
-                    if not region.writable:
-                        raise InvalidInput(f"output target {name!r}: region {ref.region!r} was "
+                for name, ref in refs.items():
+                    region = self._readable(peer, name, ref, what)
+                    if what != "input" and not region.writable:
+                        raise InvalidInput(f"{what} {name!r}: region {ref.region!r} was "
                                            "registered read-only (register it writable)")
                     views[name] = np.frombuffer(region.map, ref.dtype, math.prod(ref.shape),
                                                 ref.offset).reshape(ref.shape)
