@@ -40,6 +40,10 @@ _COMPLETED, _FETCH, _RELEASE, _HELD = (Outcome.COMPLETED, Buffers.FETCH, Buffers
                                        Buffers.HELD)
 
 
+# Result(...) without the NamedTuple's Python-level __new__ (once per request): the same value.
+_tuple_new = tuple.__new__
+
+
 class Result(NamedTuple):
     """What `on_result` gets, once per request: a NamedTuple (immutable, like a frozen
     dataclass, but made without a per-field object.__setattr__, ~1 us saved per request)."""
@@ -134,10 +138,20 @@ class Engine:
         if self.retiring or self._retiring_keys:
             self._unload_drained()
         life, now = self.life, self._clock()
-        self._carry_out(life.intake(self._take_inbox() if self._inbox else (), now))
+        inbox = self._inbox
+        if inbox:
+            taken = [inbox.popleft()]           # _take_inbox, inline (most steps take one)
+            while inbox:
+                taken.append(inbox.popleft())
+            self._carry_out(life.intake(taken, now))
+        else:
+            self._carry_out(life.intake((), now))
         plan = self.policy.plan(self.state, now)
         if plan.launches or plan.rejects:      # most waits' plans are empty: nothing to do
-            self._carry_out(life.launched(plan, now))
+            if life.start_alone(plan, now):    # the common plan: launches only (no Update)
+                self._launch(plan.launches)
+            else:
+                self._carry_out(life.launched(plan, now))
         completions = self.backend.poll(self._wait_s(now, max_wait_s))
         now = self._clock()
         if completions:
@@ -225,10 +239,12 @@ class Engine:
         on_stream[launch.stream] = [launch, not on_stream]
 
     def _measure(self, completions: Sequence[Completion], now: float) -> None:
-        stream_busy, drift = self.stats.stream_busy, self.drift
+        busy, drift = self.stats.stream_busy_s, self.drift    # Stats.stream_busy, inline
         for c in completions:
             seconds = c.finished_s - c.started_s
-            stream_busy(c.launch.stream, seconds)
+            stream = c.launch.stream
+            if stream < len(busy):
+                busy[stream] += seconds
             if drift is None:
                 continue
             entry = self._on_stream.get(c.launch.stream)
@@ -276,26 +292,31 @@ class Engine:
                     refused.append((request, e))
         for head, inputs, others in update.batches:
             self._stage_batch(head, inputs, others)
-        for launch in update.launches:
-            key = keys.get(launch.request_id, launch.model)
-            if key != launch.model:
-                self._renamed[(launch.request_id, launch.slice_index)] = launch
-                backend.launch(dataclasses.replace(launch, model=key))
-            else:
-                backend.launch(launch)
-            if self.drift is not None:      # who ran alone matters to drift only
-                self._started(launch)
+        if update.launches:
+            self._launch(update.launches)
         for request_id in update.freed:
             backend.release(request_id)
             self._keys.pop(request_id, None)
         if update.depths:
-            set_queue_depth = self.stats.set_queue_depth
-            for model, depth in update.depths:
-                set_queue_depth(model, depth)
+            self.stats.set_queue_depths(update.depths)
         for answer in update.answers:
             self._answer(answer)
         for request, error in refused:        # after this update's queue depths, not before
             self._carry_out(self.life.refused(request, error))
+
+    def _launch(self, launches: Sequence[Launch]) -> None:
+        """Start the launches on the backend, each under its request's backend key."""
+        backend, keys, drift = self.backend, self._keys, self.drift
+        for launch in launches:
+            model = launch.model
+            key = keys.get(launch.request_id, model)
+            if key != model:
+                self._renamed[(launch.request_id, launch.slice_index)] = launch
+                backend.launch(dataclasses.replace(launch, model=key))
+            else:
+                backend.launch(launch)
+            if drift is not None:      # who ran alone matters to drift only
+                self._started(launch)
 
     def _stage_batch(self, head, inputs, others: tuple[int, ...]) -> None:
         """A batch's head now carries the members' inputs; their own copies are freed once
@@ -327,28 +348,28 @@ class Engine:
         return {name: a[first:end] for name, a in outputs.items()}
 
     def _answer(self, answer: Answer) -> None:
-        request, outputs = answer.request, None
-        if answer.part is not None:
+        # Once per request: the NamedTuple unpacked once, not read field by field.
+        request, outcome, buffers, error, timings, part = answer
+        outputs = None
+        if part is not None:
             outputs = self._rows(answer)
             if outputs is None:
                 self.life.batches.turn_off(request.model)
-                answer = answer._replace(outcome=Outcome.FAILED, timings=None, part=None,
-                                         error=ServerError(
+                outcome, timings, error = Outcome.FAILED, None, ServerError(
                     f"model {request.model!r}: a batch's outputs do not have the batch's "
-                    "rows as their first dimension, so they cannot be split"))
-        elif answer.buffers is _FETCH:
+                    "rows as their first dimension, so they cannot be split")
+        elif buffers is _FETCH:
             outputs = self.backend.fetch(request.id)
-        elif answer.buffers is _RELEASE:
+        elif buffers is _RELEASE:
             self.backend.release(request.id)
-        if answer.buffers is not _HELD:     # a hung launch holds its key until it ends
+        if buffers is not _HELD:     # a hung launch holds its key until it ends
             self._keys.pop(request.id, None)
-        if answer.outcome is _COMPLETED:
-            t = answer.timings
-            self.stats.completed(request.model, t.total_ms, t.queue_ms, t.device_ms)
+        model = request.model
+        if outcome is _COMPLETED:
+            self.stats.completed(model, timings.total_ms, timings.queue_ms, timings.device_ms)
         else:
-            self.stats.count(request.model, answer.outcome.value)
-        self._on_result(Result(request.model, request.reply_to, outputs, answer.error,
-                               answer.timings))
+            self.stats.count(model, outcome.value)
+        self._on_result(_tuple_new(Result, (model, request.reply_to, outputs, error, timings)))
 
 
 __all__ = ["Engine", "Result", "Submission"]

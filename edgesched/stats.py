@@ -138,6 +138,14 @@ class Stats:
         if depth > self.queue_peak[model]:
             self.queue_peak[model] = depth
 
+    def set_queue_depths(self, depths) -> None:
+        """set_queue_depth for each (model, depth), in order (two per request: one call)."""
+        queue_depth, queue_peak = self.queue_depth, self.queue_peak
+        for model, depth in depths:
+            queue_depth[model] = depth
+            if depth > queue_peak[model]:
+                queue_peak[model] = depth
+
     def count_bad_request(self, unknown_model: bool) -> None:
         with self._lock:
             if unknown_model:

@@ -178,6 +178,26 @@ class Plan:
 
 
 EMPTY_PLAN = Plan()     # frozen: one shared instance for every plan that launches nothing
+_new = object.__new__
+
+
+def make_launch(request_id: int, model: str, slice_index: int, stream: int) -> Launch:
+    """Launch(request_id, model, slice_index, stream), the same value, without the frozen
+    dataclass's object.__setattr__ per field (0.8 -> 0.4 us; policies make one per launch).
+    One update() from a dict: item assignments into the instance's __dict__ would leave an
+    instance whose every attribute read is ~5x slower (CPython 3.11), and a launch's
+    fields are read some 25 times in its life."""
+    made = _new(Launch)
+    made.__dict__.update({"request_id": request_id, "model": model,
+                          "slice_index": slice_index, "stream": stream})
+    return made
+
+
+def make_plan(launches: tuple[Launch, ...], rejects: tuple[int, ...] = ()) -> Plan:
+    """Plan(launches, rejects), the same value, made as `make_launch` is (once per plan)."""
+    made = _new(Plan)
+    made.__dict__.update({"launches": launches, "rejects": rejects})
+    return made
 
 
 @dataclass(frozen=True)

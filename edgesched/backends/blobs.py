@@ -10,16 +10,18 @@ the bytes). Without Blobs (no budget: nothing is ever evicted) a backend reads t
 keeps nothing.
 
 Each file is kept in an anonymous in-memory file (memfd_create; RAM or swap, never the
-disk), from its first read until `forget`; where memfd_create is missing (not Linux), as a
+disk), from its first read until `forget` / `keep_only`; where memfd_create is missing (not Linux), as a
 bytes object, and `source` gives the bytes. A file rebuilt on disk since it was kept (another
 size or mtime) is read again; a file gone from the disk is served from RAM.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
 from pathlib import Path
+from typing import Iterator
 
 from edgesched.errors import ModelLoadError
 
@@ -33,6 +35,7 @@ class Blobs:
         self._kept: dict[Path, tuple[int | bytes, int, tuple]] = {}
         self._lock = threading.Lock()
         self.disk_reads = 0
+        self._seen: set[Path] | None = None      # what `recording` is collecting, if anything
         weakref.finalize(self, _close, self._kept)   # the memfds go with the last reference
 
     def read(self, path: Path) -> bytes:
@@ -44,10 +47,25 @@ class Blobs:
         held, _, _ = self._keep(path)
         return held if isinstance(held, bytes) else f"/proc/self/fd/{held}"
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[set[Path]]:
+        """Within the block, add each file read or sourced to the set it gives (callers hold
+        their own load lock: one recording at a time)."""
+        seen: set[Path] = set()
+        with self._lock:
+            self._seen = seen
+        try:
+            yield seen
+        finally:
+            with self._lock:
+                self._seen = None
+
     def _keep(self, path: Path) -> tuple[int | bytes, int]:
         key = Path(path).resolve()
         stamp = _stamp(key)
         with self._lock:
+            if self._seen is not None:
+                self._seen.add(key)
             kept = self._kept.get(key)
             if kept is not None and stamp in (None, kept[2]):   # unchanged, or gone: RAM
                 return kept
@@ -76,6 +94,15 @@ class Blobs:
         with self._lock:
             gone = {k: self._kept.pop(k) for k in map(lambda p: Path(p).resolve(), paths)
                     if k in self._kept}
+        _close(gone)
+
+    def keep_only(self, paths) -> None:
+        """Forget every kept file but `paths` (resolved, as `recording` gives them)."""
+        keep = set(paths)
+        with self._lock:
+            gone = {k: v for k, v in self._kept.items() if k not in keep}
+            for k in gone:
+                del self._kept[k]
         _close(gone)
 
     @property

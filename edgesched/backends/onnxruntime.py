@@ -2,7 +2,9 @@
 
 Each stream is a worker thread. `InferenceSession.run` releases the GIL, so streams run
 concurrently on separate cores. One session per (model, slice), shared by all streams
-(ONNX Runtime sessions are safe to run from several threads at once).
+(ONNX Runtime sessions are safe to run from several threads at once). A short launch that
+would run alone runs on the engine's thread instead, inside its next poll (INLINE_MAX_S): a
+request through the server then crosses no thread at all.
 
 Calibration hooks (the same ones the simulated and TensorRT backends offer, so
 `edgesched.commands.measure` runs unchanged here):
@@ -50,6 +52,15 @@ from edgesched.modelfiles.shaping import slice_shapes
 from edgesched.shapes import ShapeError, ShapeRange, resolve
 from edgesched.telemetry import procstat
 from edgesched.types import Completion, Launch, TensorSpec
+
+
+# A launch whose (model, slice, input shapes) last ran in at most this long runs on the
+# engine's own thread, inside its next poll, when nothing else is in flight: handing it to a
+# stream worker and back costs two thread wake-ups (~50 us each on a 2-core x86 VM), a large
+# share of a small slice. New shapes always run on a worker first (a run that hangs there
+# costs one stream, not the engine), and the bound (seconds) caps how long a request that
+# arrives meanwhile waits to be scheduled.
+INLINE_MAX_S = 0.001
 
 
 def _import_ort():
@@ -123,6 +134,10 @@ class OnnxRuntimeBackend:
         #                synthetic: staged with no tensors, so missing inputs are zeros)
         self._tensors: dict[int, tuple[str, dict[str, np.ndarray], bool]] = {}
         self._done = Doorbell()        # rung with each finished launch; the engine's once bound
+        self._in_flight = 0            # launched, not yet returned by poll (engine thread)
+        self._inline: Launch | None = None       # kept for the next poll (launch)
+        # (model, slice, the request's input shapes) -> seconds its last successful run took
+        self._took_s: dict[tuple, float] = {}
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
@@ -209,10 +224,29 @@ class OnnxRuntimeBackend:
 
     # --- running ----------------------------------------------------------------------------
     def stage(self, request_id: int, model: str, inputs: Mapping[str, np.ndarray]) -> None:
-        self._tensors[request_id] = (model, dict(inputs), not inputs)
+        shapes = tuple(a.shape for a in inputs.values())
+        self._tensors[request_id] = (model, dict(inputs), not inputs, shapes)
 
     def launch(self, launch: Launch) -> None:
+        # Engine thread only. A short launch with nothing else in flight is kept for this
+        # thread's next poll (_inline); any other goes to its stream's worker, and so does a
+        # kept one that another launch now joins (they run side by side, as planned).
+        self._in_flight += 1
+        kept = self._inline
+        if kept is not None:
+            self._inline = None
+            self._work[kept.stream].put(kept)
+        elif self._in_flight == 1 and self._short(launch):
+            self._inline = launch
+            return
         self._work[launch.stream].put(launch)
+
+    def _short(self, launch: Launch) -> bool:
+        entry = self._tensors.get(launch.request_id)
+        if entry is None:
+            return False
+        seconds = self._took_s.get((launch.model, launch.slice_index, entry[3]))
+        return seconds is not None and seconds <= INLINE_MAX_S
 
     def _serve_stream(self, stream: int) -> None:
         work = self._work[stream]
@@ -220,34 +254,48 @@ class OnnxRuntimeBackend:
             launch = work.get()
             if launch is None:
                 return
-            start = time.monotonic()
-            error, rejected = None, False
-            try:
-                piece = self._slices[launch.model][launch.slice_index]
-                _, tensors, synthetic = self._tensors[launch.request_id]
-                if synthetic:
-                    zeros = piece.zeros()
-                    feed = {n: tensors[n] if n in tensors else zeros[n] for n in piece.inputs}
-                else:
-                    feed = {n: tensors[n] for n in piece.inputs}
-                results = piece.session.run(piece.outputs, feed)
-                tensors.update(zip(piece.outputs, results))
-            except Exception as e:  # a failing slice fails only its own request
-                text = str(e).strip()
-                error = f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
-                # ORT on the CPU has no device to fail: an exception is the graph refusing
-                # these inputs, except running out of memory (the host's fault, not theirs).
-                rejected = not isinstance(e, MemoryError)
-            self._done.ring(Completion(launch, start, time.monotonic(), error, rejected=rejected))
+            self._done.ring(self._run(launch))
+
+    def _run(self, launch: Launch) -> Completion:
+        """One slice of one request, on the calling thread (a stream worker, or the engine's
+        for a launch kept inline)."""
+        start = time.monotonic()
+        error, rejected = None, False
+        try:
+            piece = self._slices[launch.model][launch.slice_index]
+            _, tensors, synthetic, shapes = self._tensors[launch.request_id]
+            if synthetic:
+                zeros = piece.zeros()
+                feed = {n: tensors[n] if n in tensors else zeros[n] for n in piece.inputs}
+            else:
+                feed = {n: tensors[n] for n in piece.inputs}
+            results = piece.session.run(piece.outputs, feed)
+            tensors.update(zip(piece.outputs, results))
+        except Exception as e:  # a failing slice fails only its own request
+            text = str(e).strip()
+            error = f"{type(e).__name__}: {text.splitlines()[0] if text else 'no message'}"
+            # ORT on the CPU has no device to fail: an exception is the graph refusing
+            # these inputs, except running out of memory (the host's fault, not theirs).
+            rejected = not isinstance(e, MemoryError)
+        end = time.monotonic()
+        if error is None:      # (a dict store is atomic: workers and the engine thread both)
+            self._took_s[(launch.model, launch.slice_index, shapes)] = end - start
+        return Completion(launch, start, end, error, rejected=rejected)
 
     def poll(self, timeout_s: float) -> list[Completion]:
-        return self._done.wait(timeout_s)
+        kept, self._inline = self._inline, None
+        if kept is None:
+            completions = self._done.wait(timeout_s)
+        else:
+            completions = [self._run(kept), *self._done.wait(0.0)]
+        self._in_flight -= len(completions)
+        return completions
 
     def bind(self, doorbell: Doorbell) -> None:
         self._done = doorbell
 
     def fetch(self, request_id: int) -> dict[str, np.ndarray]:
-        model, tensors, _ = self._tensors.pop(request_id)
+        model, tensors, _, _ = self._tensors.pop(request_id)
         return {n: tensors[n] for n in self._outputs[model]}
 
     def release(self, request_id: int) -> None:

@@ -253,10 +253,12 @@ class SimBackend:
             self._catch_up()          # it starts now, beside whatever is still running now
         if launch.stream in self._jobs:
             raise RuntimeError(f"stream {launch.stream} is busy")
-        shaped = self._request_shapes.get(launch.request_id)
+        shaped = self._request_shapes.get(launch.request_id) if self._request_shapes else None
         work = (shaped[0] if shaped else self._work[launch.model])[launch.slice_index]
-        job = self._jobs[launch.stream] = Job(launch, work, self._now, self._noise())
-        job.sig = (launch.stream, id(work))
+        noises = self._noises       # _noise(), its common case inline (once per launch)
+        stream = launch.stream
+        self._jobs[stream] = Job(launch, work, self._now,
+                                 noises.pop() if noises else self._noise(), stream)
         self._durations_now = None
 
     def launch_probe(self, sm: float, mem: float, seconds: float) -> int:
@@ -265,8 +267,7 @@ class SimBackend:
         key = -self._probe_ids
         work = SliceWork(0.0, seconds * 1e6 * (1 - min(mem, 1.0)), seconds * 1e6 * min(mem, 1.0),
                          sm, mem, 1, sm, mem)
-        job = self._jobs[key] = Job(None, work, self._now, 1.0)
-        job.sig = (key, id(work))
+        self._jobs[key] = Job(None, work, self._now, 1.0, key)
         self._durations_now = None
         return key
 
@@ -289,7 +290,7 @@ class SimBackend:
         """Advance virtual time to the next completion, or by timeout_s if none comes sooner."""
         if self._realtime:
             return self._poll_realtime(timeout_s)
-        return self._poll_until(self._now + max(timeout_s, 0.0))
+        return self._poll_until(self._now + (timeout_s if timeout_s > 0.0 else 0.0))
 
     def _poll_realtime(self, timeout_s: float) -> list[Completion]:
         """Sleep (a doorbell ring ends it) until the next completion is due in wall time."""
@@ -310,7 +311,8 @@ class SimBackend:
 
     def _poll_until(self, target: float) -> list[Completion]:
         """Advance to the first completion (or to `target`): once per engine step, so kept
-        to one pass over the jobs to find it and one to collect what ended."""
+        to one pass over the jobs to find it and one to advance them and collect what
+        ended (the same float operations, in the same order, as `_advance`)."""
         jobs = self._jobs
         durations = self._durations_now
         if durations is None or self._slowdowns:
@@ -324,10 +326,20 @@ class SimBackend:
         if step is None or self._now + step > target:
             self._advance(target - self._now, durations)
             return []
-        self._advance(step, durations)
+        ended = []
+        if step > 0:
+            for (k, job), d in zip(jobs.items(), durations):
+                job.remaining -= step / d
+                if job.launch is not None and (k == first or job.remaining <= 1e-12):
+                    ended.append(k)
+            busy, traffic = self._load_now
+            self._busy_integral += busy * step
+            self._traffic_integral += traffic * step
+            self._now += step
+        else:
+            ended = [k for k, j in jobs.items()
+                     if j.launch is not None and (k == first or j.remaining <= 1e-12)]
         now = self._now
-        ended = [k for k, j in jobs.items()
-                 if j.launch is not None and (k == first or j.remaining <= 1e-12)]
         out = []
         for k in ended:
             job = jobs.pop(k)

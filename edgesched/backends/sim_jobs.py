@@ -24,7 +24,8 @@ class Job:
     __slots__ = ("launch", "work", "started_s", "scale", "remaining", "high", "sig")
 
     def __init__(self, launch: Launch | None, work: SliceWork, started_s: float,
-                 scale: float) -> None:
+                 scale: float, key: int = 0) -> None:
+        """key: its key in the simulator's jobs (a launch's stream, a probe's id)."""
         self.launch = launch           # None for a probe
         self.work = work
         self.started_s = started_s
@@ -32,7 +33,7 @@ class Job:
         self.remaining = 1.0           # fraction of the job left
         # On the high-priority stream (probes never are).
         self.high = launch is not None and launch.stream == HIGH_PRIORITY_STREAM
-        self.sig: tuple[int, int] = (0, id(work))   # (its key in the jobs, id(work)): set there
+        self.sig: tuple[int, int] = (key, id(work))   # what contention is cached by
 
 
 def contended(jobs: list[Job], prioritized: bool

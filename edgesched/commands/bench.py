@@ -4,8 +4,12 @@ Measured in one run, on one machine, over the same transport and with the same b
 interleaved rounds (a shared machine's noise then hits all three alike):
   (a) round trip of INFER through a real server (its own process) for a small model,
   (b) the same model called in-process with ONNX Runtime (same thread settings),
-  (c) a raw pyzmq DEALER -> ROUTER echo (its own process) of the same request frames.
-Server overhead = (a) - (b); the figure of merit is overhead / (c) at p50.
+  (c) a raw pyzmq DEALER -> ROUTER echo (its own process) of the same request frames,
+  (d) the client library's round trip to a null server (its own process): a ROUTER that reads
+      the request's header and sends back a ready INFER reply of the model's outputs, the
+      least any Python server does per request.
+Server overhead = (a) - (b); the figure of merit is overhead / (c) at p50; (d) / (c) is the
+floor that figure has with this client, and (a) - (b) - (d) what the server adds above it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,26 @@ def _echo(endpoint: str, ready) -> None:
         if len(frames) == 2 and frames[1].bytes == b"STOP":
             break
         sock.send_multipart(frames, copy=False)
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _null(endpoint: str, outputs: dict, ready) -> None:
+    import zmq
+    from edgesched.serve import wire
+    from edgesched.types import Timings
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    ready.set()
+    timings = Timings(0.0, 0.0, 0.0)
+    while True:
+        frames = sock.recv_multipart(copy=False)
+        if len(frames) == 2 and frames[1].bytes == b"STOP":
+            break
+        request_id = wire.decode_header(frames[2].buffer)["id"]
+        sock.send_multipart([frames[0], *wire.encode_result(request_id, outputs, timings)],
+                            copy=False)
     sock.close(linger=0)
     ctx.term()
 
@@ -74,13 +98,24 @@ class _InProcess:
                        for f, e in files]
         self._inputs = inputs
 
-    def __call__(self) -> None:
+    def __call__(self) -> dict:
         tensors = dict(self._inputs)
         for session, entry in self._steps:
             names = [o.name for o in session.get_outputs()] if entry is None \
                 else list(entry.outputs)
             feed = tensors if entry is None else {k: tensors[k] for k in entry.inputs}
             tensors.update(zip(names, session.run(names, feed)))
+        return tensors
+
+
+def _start(target, args: tuple, what: str):
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Event()
+    proc = spawn.Process(target=target, args=(*args, ready), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        raise RuntimeError(f"the {what} process did not start within 60 s")
+    return proc
 
 
 class _Echo:
@@ -88,12 +123,7 @@ class _Echo:
 
     def __init__(self, endpoint: str, frames: list):
         import zmq
-        spawn = multiprocessing.get_context("spawn")
-        ready = spawn.Event()
-        self._proc = spawn.Process(target=_echo, args=(endpoint, ready), daemon=True)
-        self._proc.start()
-        if not ready.wait(60):
-            raise RuntimeError("the echo process did not start within 60 s")
+        self._proc = _start(_echo, (endpoint,), "echo")
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -109,6 +139,28 @@ class _Echo:
         self._proc.join(5)
         self._sock.close()
         self._ctx.term()
+
+
+class _Null:
+    """The client library's INFER round trip to the null server (_null) in its own process."""
+
+    def __init__(self, endpoint: str, model: str, inputs: dict, outputs: dict):
+        from edgesched.serve.client import Client
+        self._proc = _start(_null, (endpoint, outputs), "null server")
+        self._client = Client(endpoint, timeout_s=30.0)
+        self._model, self._inputs = model, inputs
+
+    def __call__(self) -> None:
+        self._client.submit(self._model, self._inputs).result()
+
+    def close(self) -> None:
+        import zmq
+        sock = self._client._ctx.socket(zmq.DEALER)
+        sock.connect(self._client.endpoint)
+        sock.send_multipart([b"STOP"])
+        self._proc.join(5)
+        sock.close(linger=0)
+        self._client.close()
 
 
 class _Served:
@@ -156,30 +208,40 @@ def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200)
     inputs = {t.name: rng.random([d or 1 for d in t.shape]).astype(t.dtype)
               for t in loaded.inputs}
     frames = wire.encode_infer(wire.infer_request(1, model, inputs))
-    rounds = 10      # interleaved, so a noisy neighbour hits all three paths alike
-    a, b, c = [], [], []
+    rounds = 10      # interleaved, so a noisy neighbour hits all four paths alike
+    a, b, c, d = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
+        direct = _InProcess(spec.path, inputs, config.device.cpu_threads_per_stream)
+        tensors = direct()
+        outputs = {t.name: tensors[t.name] for t in loaded.outputs}
         served = _Served(config, f"ipc://{tmp}/server.sock", model, inputs)
         echo = _Echo(f"ipc://{tmp}/echo.sock", frames)
-        direct = _InProcess(spec.path, inputs, config.device.cpu_threads_per_stream)
+        null = _Null(f"ipc://{tmp}/null.sock", model, inputs, outputs)
+        paths = ((served, a), (direct, b), (echo, c), (null, d))
         try:
-            for fn in (served, direct, echo):
+            for fn, _ in paths:
                 _time(fn, 0, warmup)
             served.inside_s.clear()
             for _ in range(rounds):
-                for fn, out in ((served, a), (direct, b), (echo, c)):
+                for fn, out in paths:
                     out.extend(_time(fn, max(n // rounds, 1), 0))
         finally:
             served.close()
             echo.close()
+            null.close()
     inside = served.inside_s
-    (a50, a99), (b50, b99), (c50, c99), (i50, i99) = map(_percentiles_us, (a, b, c, inside))
+    (a50, a99), (b50, b99), (c50, c99), (d50, d99), (i50, i99) = map(
+        _percentiles_us, (a, b, c, d, inside))
     rows = [["(a) through the server", a50, a99],
             ["    of which arrival -> done inside the server", i50, i99],
             ["(b) in-process ONNX Runtime", b50, b99],
-            ["(c) raw pyzmq echo", c50, c99], ["server overhead (a)-(b)", a50 - b50, None]]
+            ["(c) raw pyzmq echo", c50, c99],
+            ["(d) client library to a null server", d50, d99],
+            ["server overhead (a)-(b)", a50 - b50, None],
+            ["above the null server (a)-(b)-(d)", a50 - b50 - d50, None]]
     size = sum(v.nbytes for v in inputs.values())
     return (f"edgesched bench overhead: model {model} ({loaded.num_slices} slices, {size} input "
             f"bytes), {n} requests, ipc\n"
             + format_table(["path", "p50_us", "p99_us"], rows)
-            + f"\nratio (a-b)/c at p50: {(a50 - b50) / c50:.2f} (target <= 1.5)")
+            + f"\nratio (a-b)/c at p50: {(a50 - b50) / c50:.2f} (target <= 1.5); the null "
+            f"server's (d)/c, the floor of that ratio with this client: {d50 / c50:.2f}")

@@ -66,11 +66,19 @@ class Gaps:
         """The earliest plausible time of the next arrival, seen at now_s (>= now_s): the
         start of the next window not yet passed, now_s while due (inside a window, or past
         them all), None with no history yet or once the source has stopped."""
-        where = self._where(now_s)
-        if where is None:
+        # `_where`'s walk, inline: a policy asks this per realtime model on most plans.
+        gaps = self._sorted
+        if not gaps:
             return None
-        due, start_s, _ = where
-        return now_s if due else start_s
+        last = self.last_s
+        waited = now_s - last
+        for lo, hi in self._windows if self._windows is not None else self.windows():
+            early = lo - MARGIN * (hi - lo)
+            if waited < early:
+                return last + early
+            if waited <= hi:
+                return now_s
+        return now_s if now_s < last + 2.0 * gaps[-1] else None
 
     def changes_s(self, now_s: float) -> float | None:
         """When `next_s` next changes if nothing arrives: the next window's start or the

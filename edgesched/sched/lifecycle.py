@@ -37,6 +37,7 @@ from edgesched.types import Completion, ModelInfo, Plan, Priority, Timings
 
 # Read once per request: an Enum member read through its class costs ~0.1 us (CPython 3.11).
 _COMPLETED, _FETCH = Outcome.COMPLETED, Buffers.FETCH
+_tuple_new = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,21 @@ class Lifecycle:
         return not (self.batches.holds or self.state.stuck
                     or (deadlines and deadlines[0][0] <= now))
 
+    def start_alone(self, plan: Plan, now: float) -> bool:
+        """`launched` for the common plan (launches alone: no rejects, no batching, no launch
+        timeouts), whose Update would hold the plan's launches only: they start in the state,
+        and the caller launches `plan.launches` as they are. False (nothing done) for any
+        other plan: call `launched`."""
+        if plan.rejects or self.batches.active or self.launch_timeout_s is not None:
+            return False
+        start = self.state.start
+        for launch in plan.launches:
+            start(launch, now)
+        return True
+
     def launched(self, plan: Plan, now: float) -> Update:
         out = Update()
-        if not (plan.rejects or self.batches.active or self.launch_timeout_s is not None):
-            start = self.state.start      # the common plan: launches alone, no timeouts
-            for launch in plan.launches:
-                start(launch, now)
+        if self.start_alone(plan, now):
             out.launches.extend(plan.launches)
             return out
         for rid in plan.rejects:
@@ -216,12 +226,12 @@ class Lifecycle:
                                        "request was queued"), Outcome.EXPIRED
         else:
             inputs = sub.inputs
-            state.admit(request)
+            pending = state.admit(request)
             self._shapes[request.id] = signature(inputs) if inputs else ()
             out.staged.append((request, inputs))
             if self.batches.active:
                 self.batches.admitted(request, inputs)
-            out.depths.append((model, state.pending(model)))
+            out.depths.append((model, pending))
             if request.deadline_s is not None:
                 heapq.heappush(self._deadlines, (request.deadline_s, request.id))
             return
@@ -273,8 +283,8 @@ class Lifecycle:
 
     def _completed(self, out: Update, request: Request, finished_s: float) -> None:
         """Its last slice finished in time and without error: answered with its timings."""
-        self.state.retire(request)
-        arrival, model = request.arrival_s, request.model
+        pending = self.state.retire(request)
+        arrival, model, rid = request.arrival_s, request.model, request.id
         timings = make_timings((request.first_launch_s - arrival) * 1e3,
                                request.device_s * 1e3, (finished_s - arrival) * 1e3)
         batches = self.batches
@@ -283,9 +293,18 @@ class Lifecycle:
             rows = unit.total if unit is not None else batches.rows(request.id)
             if rows:
                 batches.latency.observe(model, rows, request.device_s)
-        if self.health.completed(model, self._shapes.get(request.id)):
+        if self.health.completed(model, self._shapes.get(rid)):
             out.notices.append(("warning", f"model {model!r} is healthy again"))
-        self._answer(out, Answer(request, _COMPLETED, _FETCH, None, timings))
+        # Answer(request, _COMPLETED, _FETCH, None, timings) without the NamedTuple's
+        # Python-level __new__ (once per completed request): the same value.
+        answer = _tuple_new(Answer, (request, _COMPLETED, _FETCH, None, timings, None))
+        if batches.units:
+            self._answer(out, answer)
+            return
+        out.answers.append(answer)              # _answer's path for a lone request, inline
+        self._shapes.pop(rid, None)
+        batches.forget(rid)
+        out.depths.append((model, pending))
 
     def _launch_failed(self, out: Update, c: Completion, request: Request, now: float) -> None:
         """Its slice failed: the batch's fault, the inputs', or the model's (in that order)."""

@@ -7,12 +7,13 @@
 """
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Callable, Iterable, Protocol
 
 from edgesched.errors import ConfigError
 from edgesched.sched.profile import Profile
-from edgesched.sched.state import Request, SchedState
-from edgesched.types import EMPTY_PLAN, Launch, Plan, PolicyName
+from edgesched.sched.state import SchedState
+from edgesched.types import EMPTY_PLAN, Launch, Plan, PolicyName, make_launch, make_plan
 
 
 class Policy(Protocol):
@@ -51,21 +52,21 @@ def _heads(state: SchedState, cap: int, realtime_by_urgency: bool) -> tuple[list
     return realtime, best_effort
 
 
-def _fill(state: SchedState, entries: Iterable[tuple], free: list[int],
-          pick_stream: Callable[[Request, list[int]], int] | None = None) -> Plan:
+def _fill(state: SchedState, entries: Iterable[tuple], free: list[int]) -> Plan:
     launches: list[Launch] = []
-    _take(state, entries, free, {}, launches, pick_stream)
-    return Plan(tuple(launches)) if launches else EMPTY
+    _take(state, entries, free, {}, launches)
+    return make_plan(tuple(launches)) if launches else EMPTY
 
 
 def _take(state: SchedState, entries: Iterable[tuple], free: list[int],
           taken: dict[tuple[str, int], int], launches: list[Launch],
-          pick_stream: Callable[[Request, list[int]], int] | None = None) -> None:
-    """Give each entry's request, in order, a stream of `free` (the first, or `pick_stream`'s;
-    taken from `free`) while streams and instances last, into `launches`. Entries come from
-    `_heads`, which took no more of a queue than its slice's free instances: a slice's load is
-    checked only once this plan has launched it (`taken`: launches per (model, slice) so far,
-    so a realtime and a best-effort queue of one slice share its instances)."""
+          prefer: AbstractSet[int] = frozenset()) -> None:
+    """Give each entry's request, in order, a stream of `free` (the first in `prefer` if
+    any, else the first; taken from `free`) while streams and instances last, into
+    `launches`. Entries come from `_heads`, which took no more of a queue than its slice's
+    free instances: a slice's load is checked only once this plan has launched it (`taken`:
+    launches per (model, slice) so far, so a realtime and a best-effort queue of one slice
+    share its instances)."""
     models, loads = state.models, state.slice_loads
     for _, _, request in entries:
         if not free:
@@ -74,10 +75,15 @@ def _take(state: SchedState, entries: Iterable[tuple], free: list[int],
         used = taken.get(key)
         if used is not None and loads.get(key, 0) + used >= models[request.model].instances:
             continue
-        stream = free[0] if pick_stream is None else pick_stream(request, free)
+        stream = free[0]
+        if prefer:
+            for s in free:
+                if s in prefer:
+                    stream = s
+                    break
         free.remove(stream)
         taken[key] = 1 if used is None else used + 1
-        launches.append(Launch(request.id, request.model, request.next_slice, stream))
+        launches.append(make_launch(request.id, request.model, request.next_slice, stream))
 
 
 class Fifo:
@@ -93,7 +99,7 @@ class Fifo:
         if not (realtime or best_effort):
             return EMPTY
         r = min(realtime + best_effort)[2]      # oldest (arrival, id) first
-        return Plan((Launch(r.id, r.model, r.next_slice, free[0]),))
+        return make_plan((make_launch(r.id, r.model, r.next_slice, free[0]),))
 
 
 class Greedy:
@@ -109,7 +115,7 @@ class Greedy:
         entries = realtime + best_effort
         if len(entries) == 1:           # the common plan: one head, its instance is free
             r = entries[0][2]
-            return Plan((Launch(r.id, r.model, r.next_slice, free[0]),))
+            return make_plan((make_launch(r.id, r.model, r.next_slice, free[0]),))
         entries.sort()                  # (arrival, id): oldest first; ids are unique
         return _fill(state, entries, free)
 
@@ -126,20 +132,32 @@ class PriorityStreams:
         high = state.high_priority_streams
         # Realtime by least slack (earliest objective, then id), then best effort by arrival.
         realtime, best_effort = _heads(state, state.num_streams - len(state.running), True)
+        if best_effort:
+            # The streams best effort may take, in order: not the high-priority ones, unless
+            # nothing else can run.
+            allowed = None if state.only_high_priority_usable() else [
+                s for s in free if s not in high]
+            if not realtime and len(best_effort) == 1:
+                # The common plan: one best-effort head (its instance is free: _heads), no
+                # ranking; what _take would do with it.
+                allowed = free if allowed is None else allowed
+                if not allowed:
+                    return EMPTY
+                r = best_effort[0][2]
+                return make_plan((make_launch(r.id, r.model, r.next_slice, allowed[0]),))
         realtime.sort()
         best_effort.sort()
         taken: dict[tuple[str, int], int] = {}
         launches: list[Launch] = []
         if realtime:
-            _take(state, realtime, free, taken, launches,
-                  lambda r, free: next((s for s in free if s in high), free[0]))
+            _take(state, realtime, free, taken, launches, high)
         if best_effort and free:
-            # The streams best effort may take, in order: not the high-priority ones, unless
-            # nothing else can run.
-            allowed = free if state.only_high_priority_usable() else [
-                s for s in free if s not in high]
+            if allowed is None:
+                allowed = free
+            else:           # (realtime took its streams from `free` since)
+                allowed = [s for s in allowed if s in free]
             _take(state, best_effort, allowed, taken, launches)
-        return Plan(tuple(launches)) if launches else EMPTY
+        return make_plan(tuple(launches)) if launches else EMPTY
 
 
 def _interference(profile: Profile | None = None, **options) -> Policy:

@@ -31,6 +31,7 @@ from edgesched.errors import (
     ServerUnavailable,
     error_from_code,
 )
+from edgesched.serve import multipart
 from edgesched.serve import regions as shared
 from edgesched.serve import wire
 from edgesched.serve.access import apply_client_keys, load_client_keys
@@ -77,7 +78,7 @@ def _close_socket(sock: zmq.Socket, monitor: zmq.Socket) -> None:
 def _lost_reason(monitor) -> str | None:
     """The reason in the first connection-ending event, if the monitor has any; drains it."""
     reason = None
-    while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+    while multipart.ready(monitor):
         event = parse_monitor_message(monitor.recv_multipart())["event"]
         reason = reason or _LOST.get(event)
     return reason
@@ -104,7 +105,7 @@ class _Conn:
     def check_monitor(self) -> None:
         """Act on connection events. Replies that arrived before a disconnect are already in
         the socket's queue: read them first, so only requests truly unanswered fail."""
-        if self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if multipart.ready(self.monitor):
             self.read_replies()
             reason = _lost_reason(self.monitor)
             if reason is not None:
@@ -113,11 +114,9 @@ class _Conn:
 
     def read_replies(self) -> None:
         """Move every reply the socket holds now into the stash (never waits)."""
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        sock = self.sock
+        while multipart.ready(sock):
+            frames = multipart.receive(sock)
             try:
                 msg = wire.decode_reply([f.buffer for f in frames])
             except InvalidInput:
@@ -278,7 +277,7 @@ class Client:
         conn = self._conn()
         # A disconnect that already happened must not be blamed on this request.
         conn.check_monitor()
-        conn.sock.send_multipart(frames, copy=False)
+        multipart.send(conn.sock, frames)
         conn.waiting.add(request_id)
         return Pending(self, request_id, self.timeout_s, targets)
 

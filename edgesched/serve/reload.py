@@ -215,6 +215,7 @@ class Reloader:
         if problem is not None:
             for name in loaded:
                 self._on_engine(lambda n=name: engine.retire(n))
+            self._prune()
             raise ReloadRefused(problem)
         added = {m.name: loaded[m.name] for m in d.added}
         retuned = {m.name: dataclasses.replace(server.models[m.name], slo_ms=m.slo_ms,
@@ -242,8 +243,14 @@ class Reloader:
         for name in d.removed:
             engine.call_soon(lambda n=name: engine.retire(n))
         server.config = dataclasses.replace(old, models=new.models)
+        self._prune()
         log.info("%s: %s", what, d.describe())
         return d
+
+    def _prune(self) -> None:
+        """Model files kept in RAM for evictions that no longer need them go (residency)."""
+        self._on_engine(lambda: None)        # the retires queued before this have run
+        self.server.residency.prune()
 
     def _load(self, entries: list) -> dict[str, ModelInfo]:
         """Load `entries` (off the engine thread); on a failure unload those loaded."""

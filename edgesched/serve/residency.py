@@ -52,6 +52,7 @@ class _Model:
     evictions: int = 0
     last_load_ms: float | None = None
     last_load_from: str | None = None     # "ram" | "disk"
+    files: frozenset = frozenset()        # the model files its load kept in RAM (blobs.py)
     waiting: list[tuple[Submission, float]] = field(default_factory=list)  # (it, give up at)
 
 
@@ -72,6 +73,7 @@ class Residency:
         self._on_result: Callable[[Result], None] | None = None
         self._load_lock = threading.Lock()      # one load at a time on the backend
         self.load_lock = self._load_lock         # ... reloads of the config take it too
+        self._prune_pending = False              # prune() found a load under way
         self._timer_pending = False
         self._closed = False
 
@@ -115,7 +117,16 @@ class Residency:
         with self._load_lock:
             reads = None if self.blobs is None else self.blobs.disk_reads
             began = time.perf_counter()
-            info = load_models(self.backend, [m.entry])[m.entry.name]
+            if self.blobs is None:
+                info = load_models(self.backend, [m.entry])[m.entry.name]
+            else:
+                with self.blobs.recording() as files:
+                    try:
+                        info = load_models(self.backend, [m.entry])[m.entry.name]
+                    finally:
+                        if self._prune_pending:     # asked for while this load ran
+                            self._prune_held()
+                m.files = frozenset(files)
             elapsed_ms = (time.perf_counter() - began) * 1e3
             footprint = int(self.backend.footprint_bytes(m.entry.name))
         with self._lock:
@@ -179,6 +190,28 @@ class Residency:
         new version's backend key: such models stay as the reload left them)."""
         engine = self._engine
         return name in engine.models and engine._current.get(name, name) == name
+
+    def prune(self) -> None:
+        """Forget the files kept in RAM that no eviction will need again: those of models a
+        reload removed or moved to a new version, and whatever else was loaded (a reload's
+        models are outside the budget). Call after a reload. Never waits for a load under
+        way: that load prunes when it ends."""
+        if self.blobs is None:
+            return
+        if not self._load_lock.acquire(blocking=False):
+            self._prune_pending = True
+            return
+        try:
+            self._prune_held()
+        finally:
+            self._load_lock.release()
+
+    def _prune_held(self) -> None:
+        self._prune_pending = False
+        retiring = self._engine.retiring
+        self.blobs.keep_only([f for m in list(self._models.values())
+                              if self._managed(m.entry.name) and m.entry.name not in retiring
+                              for f in m.files])
 
     # --- a clock for the waiting requests --------------------------------------------------
     def _tick_later(self, delay_s: float) -> None:

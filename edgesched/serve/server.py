@@ -5,8 +5,10 @@ ones to the engine, steps the engine and sends its replies on the ROUTER itself.
 is the engine's: the engine's doorbell is shared with the socket (backends/doorbell.py), so a
 wait for completions also ends when a request arrives. A request crosses no thread on its way
 in and none on its way out; only the backend's own workers (ONNX Runtime's stream threads,
-TensorRT's completion watcher) hand completions back through the doorbell. Two threads with an
-inproc pipe between them cost ~4 hand-offs per request (45-70 us each on a 2-core x86 VM).
+TensorRT's completion watcher) hand completions back through the doorbell, and ONNX Runtime
+runs a short slice that would run alone on this thread itself (backends/onnxruntime.py). Two
+threads with an inproc pipe between them cost ~4 hand-offs per request (45-70 us each on a
+2-core x86 VM).
 Intake is bounded in bytes (serve/intake.py); inputs may be read in place from clients'
 shared-memory regions (serve/shm.py).
 """
@@ -38,7 +40,7 @@ from edgesched.errors import (
 from edgesched.profiles import choose_profile, device_name
 from edgesched.sched import make_policy
 from edgesched.sched.health import Health
-from edgesched.serve import access, intake, observe, queries, shm, wire
+from edgesched.serve import access, intake, multipart, observe, queries, shm, wire
 from edgesched.serve.reload import Reloader
 from edgesched.serve.residency import Residency
 from edgesched.serve.systemd import Notifier
@@ -324,15 +326,13 @@ class Server:
     @staticmethod
     def _drain(sock: zmq.Socket, handler, router: zmq.Socket, limit: int = _BATCH) -> None:
         for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not multipart.ready(sock):
                 return
-            handler(frames, router)
+            handler(multipart.receive(sock), router)
 
-    def _forward(self, frames: list, router: zmq.Socket | None) -> None:
+    def _forward(self, message: list, router: zmq.Socket | None) -> None:
         try:
-            router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            multipart.send(router, message, multipart.NOBLOCK)
         except (zmq.ZMQError, AttributeError):
             # The client went away (EHOSTUNREACH) or stopped reading (EAGAIN at the HWM); or
             # the socket is closed (None): a reply after the serve thread ended.

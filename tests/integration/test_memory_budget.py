@@ -129,3 +129,30 @@ def _infer_or_error(endpoint: str, model: str, inputs: dict):
             return client.infer(model, inputs)
         except ModelUnavailable as e:
             return e
+
+
+def test_reloads_forget_the_model_files_no_eviction_needs(tmp_path):
+    """A removed model's file leaves host RAM with it, and a model a reload adds (outside the
+    budget) is never kept; the budget's own models stay in RAM and reload from there."""
+    with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint), \
+            Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+        blobs = server.residency.blobs
+        assert all(EXAMPLES / f"{m}.onnx" in blobs for m in WEIGHTS)
+        config = tmp_path / "c.yaml"
+
+        def reload(models: list) -> None:
+            config.write_text(yaml.safe_dump({
+                "device": {"backend": "onnxruntime", "streams": 2},
+                "server": {"endpoint": endpoint}, "telemetry": "none",
+                "limits": {"device_memory_mb": BUDGET_MB}, "models": models}))
+            assert Reloader(server, str(config)).reload() is not None
+
+        reload(MODELS[:2])                                     # depthwise removed
+        assert EXAMPLES / "depthwise.onnx" not in blobs
+        assert blobs.held_bytes == sum((EXAMPLES / f"{m}.onnx").stat().st_size
+                                       for m in ("convnet", "attention"))
+        reload(MODELS[:2] + [dict(MODELS[2], name="depth2")])   # added: outside the budget
+        assert EXAMPLES / "depthwise.onnx" not in blobs
+        assert EXAMPLES / "attention.onnx" in blobs and EXAMPLES / "convnet.onnx" in blobs
+        for name in ("depth2", "attention", "convnet"):
+            client.infer(name, example_input(name if name != "depth2" else "depthwise", 1))

@@ -45,6 +45,38 @@ def _run(backend, seed: int, slow_at_s: float | None) -> tuple[list, tuple]:
     return out, backend.telemetry()
 
 
+def _two_passes(backend, target: float) -> list:
+    """The poll as two passes: `_advance` every job, then collect those that ended (what
+    `_poll_until` does in one pass over the jobs after finding the first end)."""
+    jobs = backend._jobs
+    durations = backend._durations()
+    step = first = None
+    for (k, j), d in zip(jobs.items(), durations):
+        if j.launch is not None:
+            t = j.remaining * d
+            if step is None or t < step or (t == step and k < first):
+                step, first = t, k
+    if step is None or backend._now + step > target:
+        backend._advance(target - backend._now, durations)
+        return []
+    backend._advance(step, durations)
+    ended = [k for k, j in jobs.items()
+             if j.launch is not None and (k == first or j.remaining <= 1e-12)]
+    out = [Completion(jobs[k].launch, jobs.pop(k).started_s, backend._now) for k in ended]
+    backend._durations_now = None
+    return out
+
+
+@pytest.mark.parametrize("slow_at_s", [None, 0.05])
+def test_one_pass_poll_gives_the_two_pass_completions(slow_at_s):
+    fused = make(seed=5, noise_sigma=0.03)
+    reference = make(seed=5, noise_sigma=0.03)
+    reference._poll_until = lambda target: _two_passes(reference, target)
+    got, telemetry = _run(fused, 13, slow_at_s)
+    expected, expected_telemetry = _run(reference, 13, slow_at_s)
+    assert len(got) > 200 and got == expected and telemetry == expected_telemetry
+
+
 @pytest.mark.parametrize("slow_at_s", [None, 0.05])
 def test_cached_contention_gives_the_same_completions_as_computing_it_afresh(slow_at_s):
     cached = make(seed=3, noise_sigma=0.03)

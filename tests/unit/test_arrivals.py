@@ -66,3 +66,19 @@ def test_an_out_of_order_arrival_is_ignored():
     cam = history([0.0, 0.1, 0.2])
     cam.arrived(0.15)
     assert cam.last_s == 0.2 and cam.next_s(0.21) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_next_s_is_the_window_walk_of_changes_s(seed):
+    # next_s walks the windows inline; it must say what _where (behind changes_s) says.
+    import random
+    rng = random.Random(seed)
+    t, gaps = 0.0, Gaps(0.0)
+    for _ in range(RECENT + 8):
+        t += rng.choice([0.001, 0.002, 0.030, 0.033]) + rng.uniform(0.0, 0.002)
+        gaps.arrived(t)
+        for waited in (0.0, 0.0005, 0.0015, 0.01, 0.029, 0.031, 0.034, 0.05, 0.07, 0.2):
+            now = t + waited
+            where = gaps._where(now)
+            assert gaps.next_s(now) == (None if where is None else
+                                        (now if where[0] else where[1]))

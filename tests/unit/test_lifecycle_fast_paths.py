@@ -122,3 +122,34 @@ def test_batches_are_active_while_some_model_batches():
     assert batches.active and batches.limit("b") == 4
     batches.turn_off("b")
     assert not batches.active and batches.limit("b") == 0
+
+
+def test_start_alone_starts_a_plain_plan_as_launched_would():
+    one, two = lifecycle(), lifecycle()
+    for life in (one, two):
+        admitted(life, 2)
+    plan = Plan((Launch(1, "m", 0, 0), Launch(2, "m", 0, 1)))
+    assert one.start_alone(plan, 0.5)
+    assert two.launched(plan, 0.5).launches == list(plan.launches)
+    for life in (one, two):
+        assert dict(life.state.running) == {1: plan.launches[0], 2: plan.launches[1]}
+        assert life.state.requests[1].first_launch_s == 0.5 and not life.state.has_ready
+
+
+@pytest.mark.parametrize("kind", ["rejects", "timeout"])
+def test_start_alone_leaves_any_other_plan_to_launched(kind):
+    life = lifecycle(launch_timeout_s=1.0 if kind == "timeout" else None)
+    admitted(life, 2)
+    plan = Plan((Launch(1, "m", 0, 0),), (2,) if kind == "rejects" else ())
+    assert not life.start_alone(plan, 0.0)
+    assert not life.state.running and len(life.state) == 2        # nothing done
+
+
+def test_make_launch_and_make_plan_are_the_constructors_values():
+    from edgesched.types import make_launch, make_plan
+    launch = make_launch(7, "m", 1, 2)
+    assert launch == Launch(7, "m", 1, 2) and hash(launch) == hash(Launch(7, "m", 1, 2))
+    assert repr(launch) == repr(Launch(7, "m", 1, 2))
+    assert make_plan((launch,)) == Plan((launch,)) and make_plan((), (3,)) == Plan((), (3,))
+    with pytest.raises(AttributeError):
+        launch.stream = 0                             # still frozen

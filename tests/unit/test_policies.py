@@ -366,3 +366,17 @@ def test_fifo_takes_the_oldest_head_across_realtime_and_best_effort_queues():
     admit(state, 1, "m", 0.2, priority=RT)
     admit(state, 2, "m", 0.1)
     assert plan(Fifo(), state).launches == (L(2, "m", 0, 0),)
+
+
+def test_priority_best_effort_takes_the_streams_realtime_left_in_order():
+    # The common plan (one best-effort head, no realtime) and the general one agree on the
+    # streams best effort may use: the non-high ones still free, lowest first.
+    state = make_state(info("cam", priority=RT), info("bulk", instances=3), streams=4)
+    admit(state, 1, "bulk", 0.0)
+    assert plan(PriorityStreams(), state).launches == (L(1, "bulk", 0, 1),)
+    admit(state, 2, "cam", 0.5)
+    admit(state, 3, "bulk", 0.6)
+    start(state, 1, 0)                 # the high stream busy: realtime takes stream 1
+    p = plan(PriorityStreams(), state)
+    valid(state, p)
+    assert p.launches == (L(2, "cam", 0, 1), L(3, "bulk", 0, 2))

@@ -75,3 +75,22 @@ def test_free_streams_and_only_high_priority_usable():
         state.stuck[s] = Launch(100 + s, "cam", 1, s)
     state.stuck[2] = state.running[1]
     assert state.only_high_priority_usable()
+
+
+def test_admit_and_retire_return_the_models_pending_count():
+    state = state_of(cam=RT, bulk=BE)
+    assert state.admit(Request(1, "cam", RT, 0.0, 0.1, 2)) == 1
+    assert state.admit(Request(2, "cam", RT, 0.01, 0.1, 2)) == 2
+    assert state.admit(Request(3, "bulk", BE, 0.02, 0.1, 2)) == 1
+    assert state.retire(state.requests[2]) == 1 == state.pending("cam")    # still queued
+    # A request past its last slice waits in no queue: retired without a queue look-up.
+    done = state.requests[1]
+    for index, stream in ((0, 0), (1, 0)):
+        launch = Launch(1, "cam", index, stream)
+        state.start(launch, 0.0)
+        state.finish(launch, 0.001)
+        if index == 0:
+            state.requeue(done)
+    assert done.next_slice == done.num_slices and state.retire(done) == 0
+    assert 1 not in state.requests and state.pending("cam") == 0
+    assert [q.key for q in state.ready_queues()] == [("bulk", 0, False)]

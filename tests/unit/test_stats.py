@@ -176,3 +176,13 @@ def test_stream_busy_seconds_add_up():
     s.stream_busy(1, 0.5)
     s.stream_busy(5, 1.0)                 # a stream the stats do not know: ignored
     assert s.snapshot()["stream_busy_s"] == [0.0, 0.75]
+
+
+def test_set_queue_depths_is_set_queue_depth_for_each_in_order():
+    one, two = Stats({"m": 10.0, "n": 10.0}), Stats({"m": 10.0, "n": 10.0})
+    depths = [("m", 1), ("m", 3), ("n", 2), ("m", 2)]
+    one.set_queue_depths(depths)
+    for model, depth in depths:
+        two.set_queue_depth(model, depth)
+    assert one.queue_depth == two.queue_depth == {"m": 2, "n": 2}
+    assert one.queue_peak == two.queue_peak == {"m": 3, "n": 2}
