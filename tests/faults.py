@@ -25,6 +25,7 @@ class FaultyBackend:
         self.name, self.num_streams = inner.name, inner.num_streams
         self._failed: queue.SimpleQueue = queue.SimpleQueue()   # completions of "raise"
         self._hung: list[Launch] = []
+        self._released: list[Launch] = []     # hung ones let go: launched in the next poll
         self._lock = threading.Lock()
         self.injected: list[tuple[str, Launch]] = []
         self._doorbell = Doorbell()
@@ -46,14 +47,20 @@ class FaultyBackend:
             raise ValueError(f"unknown fault {what!r}")
 
     def end_hangs(self) -> int:
-        """Let every hung launch run now (it ends late); returns how many there were."""
+        """Let every hung launch run now (it ends late); returns how many there were. They
+        go to the inner backend from the engine's thread, in its next poll (a backend's
+        launch is the engine thread's call), which this wakes."""
         with self._lock:
             hung, self._hung = self._hung, []
-        for launch in hung:
-            self.inner.launch(launch)
+            self._released.extend(hung)
+        self._doorbell.ring()
         return len(hung)
 
     def poll(self, timeout_s: float) -> list[Completion]:
+        with self._lock:
+            released, self._released = self._released, []
+        for launch in released:
+            self.inner.launch(launch)
         failed = self._take_failed()
         done = self.inner.poll(0.0 if failed else timeout_s)
         return failed + done + self._take_failed()

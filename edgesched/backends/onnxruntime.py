@@ -3,7 +3,7 @@
 Each stream is a worker thread. `InferenceSession.run` releases the GIL, so streams run
 concurrently on separate cores. One session per (model, slice), shared by all streams
 (ONNX Runtime sessions are safe to run from several threads at once). A short launch that
-would run alone runs on the engine's thread instead, inside its next poll (INLINE_MAX_S): a
+would run alone runs on the engine's thread instead, inside its next poll (ort_inline.py): a
 request through the server then crosses no thread at all.
 
 Calibration hooks (the same ones the simulated and TensorRT backends offer, so
@@ -43,7 +43,7 @@ from typing import Mapping
 import numpy as np
 
 from edgesched import dtypes
-from edgesched.backends import cpu_probes, ort_footprint
+from edgesched.backends import cpu_probes, ort_footprint, ort_inline
 from edgesched.backends.base import Doorbell, LoadedModel
 from edgesched.backends.blobs import Blobs
 from edgesched.errors import BackendUnavailable, ModelLoadError
@@ -52,15 +52,6 @@ from edgesched.modelfiles.shaping import slice_shapes
 from edgesched.shapes import ShapeError, ShapeRange, resolve
 from edgesched.telemetry import procstat
 from edgesched.types import Completion, Launch, TensorSpec
-
-
-# A launch whose (model, slice, input shapes) last ran in at most this long runs on the
-# engine's own thread, inside its next poll, when nothing else is in flight: handing it to a
-# stream worker and back costs two thread wake-ups (~50 us each on a 2-core x86 VM), a large
-# share of a small slice. New shapes always run on a worker first (a run that hangs there
-# costs one stream, not the engine), and the bound (seconds) caps how long a request that
-# arrives meanwhile waits to be scheduled.
-INLINE_MAX_S = 0.001
 
 
 def _import_ort():
@@ -82,10 +73,12 @@ def _spec(arg) -> TensorSpec:
 
 
 class _Slice:
-    __slots__ = ("session", "inputs", "outputs", "shapes", "_zeros")
+    __slots__ = ("session", "inputs", "outputs", "shapes", "_zeros", "inline")
 
-    def __init__(self, session, inputs: tuple[str, ...], outputs: list[str]):
+    def __init__(self, session, inputs: tuple[str, ...], outputs: list[str],
+                 inline: bool = False):
         self.session, self.inputs, self.outputs = session, inputs, outputs
+        self.inline = inline      # may run on the engine's thread (ort_inline.py)
         self.shapes: dict[str, tuple[int, ...]] = {}     # input -> zeros' shape (opt)
         self._zeros: dict[str, np.ndarray] | None = None
 
@@ -136,8 +129,7 @@ class OnnxRuntimeBackend:
         self._done = Doorbell()        # rung with each finished launch; the engine's once bound
         self._in_flight = 0            # launched, not yet returned by poll (engine thread)
         self._inline: Launch | None = None       # kept for the next poll (launch)
-        # (model, slice, the request's input shapes) -> seconds its last successful run took
-        self._took_s: dict[tuple, float] = {}
+        self._runs = ort_inline.InlineRuns()     # which launches may run inline
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
@@ -169,6 +161,14 @@ class OnnxRuntimeBackend:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first}") from None
 
+    def _inline_ok(self, path: Path) -> bool:
+        """No data-dependent control flow in the file (read from RAM's copy if kept)."""
+        source = path if self.blobs is None else self.blobs.source(path)
+        try:
+            return not ort_inline.data_dependent(source)
+        except OSError:
+            return False
+
     def load(self, model: str, path: Path, instances: int, *,
              shapes: Mapping[str, ShapeRange] | None = None) -> LoadedModel:
         """`shapes`: what synthetic (calibration) runs feed, at `opt`; requests are not
@@ -187,7 +187,8 @@ class OnnxRuntimeBackend:
             session = self._session(path)
             inputs = tuple(_spec(a) for a in session.get_inputs())
             outputs = tuple(_spec(a) for a in session.get_outputs())
-            slices = [_Slice(session, tuple(t.name for t in inputs), [t.name for t in outputs])]
+            slices = [_Slice(session, tuple(t.name for t in inputs), [t.name for t in outputs],
+                             self._inline_ok(path))]
             loaded = LoadedModel(inputs, outputs, 1)
         else:
             raise ModelLoadError(f"{path}: no such file or directory")
@@ -203,6 +204,7 @@ class OnnxRuntimeBackend:
         return self._footprints[model].bytes()
 
     def unload(self, model: str) -> None:
+        self._runs.forget(model)
         self._footprints.pop(model, None)
         self._slices.pop(model, None)        # its sessions close when the last reference goes
         self._outputs.pop(model, None)
@@ -219,7 +221,8 @@ class OnnxRuntimeBackend:
             if have_in != set(entry.inputs) or not set(entry.outputs) <= have_out:
                 raise ModelLoadError(f"{manifest.slice_path(entry)}: its inputs/outputs do not "
                                      f"match slices[{entry.index}] in {MANIFEST_NAME}")
-            slices.append(_Slice(session, entry.inputs, list(entry.outputs)))
+            slices.append(_Slice(session, entry.inputs, list(entry.outputs),
+                                 self._inline_ok(manifest.slice_path(entry))))
         return LoadedModel(manifest.inputs, manifest.outputs, len(slices)), slices, manifest
 
     # --- running ----------------------------------------------------------------------------
@@ -231,22 +234,23 @@ class OnnxRuntimeBackend:
         # Engine thread only. A short launch with nothing else in flight is kept for this
         # thread's next poll (_inline); any other goes to its stream's worker, and so does a
         # kept one that another launch now joins (they run side by side, as planned).
-        self._in_flight += 1
         kept = self._inline
         if kept is not None:
             self._inline = None
             self._work[kept.stream].put(kept)
-        elif self._in_flight == 1 and self._short(launch):
+        elif self._in_flight == 0 and self._short(launch):
             self._inline = launch
+            self._in_flight = 1
             return
         self._work[launch.stream].put(launch)
+        self._in_flight += 1
 
     def _short(self, launch: Launch) -> bool:
         entry = self._tensors.get(launch.request_id)
-        if entry is None:
-            return False
-        seconds = self._took_s.get((launch.model, launch.slice_index, entry[3]))
-        return seconds is not None and seconds <= INLINE_MAX_S
+        pieces = self._slices.get(launch.model)
+        return entry is not None and pieces is not None and \
+            pieces[launch.slice_index].inline and \
+            self._runs.allowed((launch.model, launch.slice_index, entry[3]))
 
     def _serve_stream(self, stream: int) -> None:
         work = self._work[stream]
@@ -278,8 +282,8 @@ class OnnxRuntimeBackend:
             # these inputs, except running out of memory (the host's fault, not theirs).
             rejected = not isinstance(e, MemoryError)
         end = time.monotonic()
-        if error is None:      # (a dict store is atomic: workers and the engine thread both)
-            self._took_s[(launch.model, launch.slice_index, shapes)] = end - start
+        if error is None:
+            self._runs.ran((launch.model, launch.slice_index, shapes), end - start)
         return Completion(launch, start, end, error, rejected=rejected)
 
     def poll(self, timeout_s: float) -> list[Completion]:

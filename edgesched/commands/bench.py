@@ -13,6 +13,7 @@ floor that figure has with this client, and (a) - (b) - (d) what the server adds
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import tempfile
 import time
@@ -65,7 +66,7 @@ def _null(endpoint: str, outputs: dict, ready) -> None:
     ctx.term()
 
 
-def _serve(config: Config, endpoint: str, ready, stop) -> None:
+def _serve(config: Config, endpoint: str, stop, ready) -> None:
     from edgesched.serve.server import Server
     with Server(config, endpoint=endpoint):
         ready.set()
@@ -109,13 +110,23 @@ class _InProcess:
 
 
 def _start(target, args: tuple, what: str):
+    """`target(*args, ready)` in a spawned process, once it has set `ready`."""
     spawn = multiprocessing.get_context("spawn")
     ready = spawn.Event()
     proc = spawn.Process(target=target, args=(*args, ready), daemon=True)
     proc.start()
     if not ready.wait(60):
+        _end(proc, 0)
         raise RuntimeError(f"the {what} process did not start within 60 s")
     return proc
+
+
+def _end(proc, wait_s: float) -> None:
+    """Let `proc` finish for up to wait_s, then terminate it: none outlives the benchmark."""
+    proc.join(wait_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
 
 
 class _Echo:
@@ -136,7 +147,7 @@ class _Echo:
 
     def close(self) -> None:
         self._sock.send_multipart([b"STOP"])
-        self._proc.join(5)
+        _end(self._proc, 5)
         self._sock.close()
         self._ctx.term()
 
@@ -147,7 +158,11 @@ class _Null:
     def __init__(self, endpoint: str, model: str, inputs: dict, outputs: dict):
         from edgesched.serve.client import Client
         self._proc = _start(_null, (endpoint, outputs), "null server")
-        self._client = Client(endpoint, timeout_s=30.0)
+        try:
+            self._client = Client(endpoint, timeout_s=30.0)
+        except BaseException:
+            _end(self._proc, 0)
+            raise
         self._model, self._inputs = model, inputs
 
     def __call__(self) -> None:
@@ -156,10 +171,11 @@ class _Null:
     def close(self) -> None:
         import zmq
         sock = self._client._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self._client.endpoint)
         sock.send_multipart([b"STOP"])
-        self._proc.join(5)
-        sock.close(linger=0)
+        _end(self._proc, 5)
+        sock.close()
         self._client.close()
 
 
@@ -169,14 +185,13 @@ class _Served:
 
     def __init__(self, config: Config, endpoint: str, model: str, inputs: dict):
         from edgesched.serve.client import Client
-        spawn = multiprocessing.get_context("spawn")
-        ready, self._stop = spawn.Event(), spawn.Event()
-        self._proc = spawn.Process(target=_serve, args=(config, endpoint, ready, self._stop),
-                                   daemon=True)
-        self._proc.start()
-        if not ready.wait(60):
-            raise RuntimeError("the benchmark server did not start within 60 s")
-        self._client = Client(endpoint, timeout_s=30.0)
+        self._stop = multiprocessing.get_context("spawn").Event()
+        self._proc = _start(_serve, (config, endpoint, self._stop), "benchmark server")
+        try:
+            self._client = Client(endpoint, timeout_s=30.0)
+        except BaseException:
+            _end(self._proc, 0)
+            raise
         self._model, self._inputs = model, inputs
         self.inside_s: list[float] = []
 
@@ -188,7 +203,7 @@ class _Served:
     def close(self) -> None:
         self._client.close()
         self._stop.set()
-        self._proc.join(30)
+        _end(self._proc, 30)
 
 
 def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200) -> str:
@@ -210,25 +225,24 @@ def bench_overhead(config: Config, model: str, n: int = 2000, warmup: int = 200)
     frames = wire.encode_infer(wire.infer_request(1, model, inputs))
     rounds = 10      # interleaved, so a noisy neighbour hits all four paths alike
     a, b, c, d = [], [], [], []
-    with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgesched-bench-") as tmp, \
+            contextlib.ExitStack() as running:      # every process started is ended
         direct = _InProcess(spec.path, inputs, config.device.cpu_threads_per_stream)
         tensors = direct()
         outputs = {t.name: tensors[t.name] for t in loaded.outputs}
         served = _Served(config, f"ipc://{tmp}/server.sock", model, inputs)
+        running.callback(served.close)
         echo = _Echo(f"ipc://{tmp}/echo.sock", frames)
+        running.callback(echo.close)
         null = _Null(f"ipc://{tmp}/null.sock", model, inputs, outputs)
+        running.callback(null.close)
         paths = ((served, a), (direct, b), (echo, c), (null, d))
-        try:
-            for fn, _ in paths:
-                _time(fn, 0, warmup)
-            served.inside_s.clear()
-            for _ in range(rounds):
-                for fn, out in paths:
-                    out.extend(_time(fn, max(n // rounds, 1), 0))
-        finally:
-            served.close()
-            echo.close()
-            null.close()
+        for fn, _ in paths:
+            _time(fn, 0, warmup)
+        served.inside_s.clear()
+        for _ in range(rounds):
+            for fn, out in paths:
+                out.extend(_time(fn, max(n // rounds, 1), 0))
     inside = served.inside_s
     (a50, a99), (b50, b99), (c50, c99), (d50, d99), (i50, i99) = map(
         _percentiles_us, (a, b, c, d, inside))

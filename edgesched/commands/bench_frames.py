@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgesched.commands.bench import _Echo, _InProcess, _percentiles_us, _serve, _time
+from edgesched.commands.bench import (_Echo, _end, _InProcess, _percentiles_us, _serve, _start,
+                                      _time)
 from edgesched.commands.table import format_table
 
 SIZES = (("64 B", (4, 16, 1)), ("640x480", (480, 640, 3)), ("1080p", (1080, 1920, 3)),
@@ -57,12 +58,8 @@ def bench_frames(n: int = 200, warmup: int = 20) -> str:
                                "models": [{"name": "frames", "path": str(path),
                                            "slo_ms": 1000}]}, "<bench frames>", Path(tmp))
         endpoint = f"ipc://{tmp}/server.sock"
-        spawn = multiprocessing.get_context("spawn")
-        ready, stop = spawn.Event(), spawn.Event()
-        proc = spawn.Process(target=_serve, args=(config, endpoint, ready, stop), daemon=True)
-        proc.start()
-        if not ready.wait(60):
-            raise RuntimeError("the benchmark server did not start within 60 s")
+        stop = multiprocessing.get_context("spawn").Event()
+        proc = _start(_serve, (config, endpoint, stop), "benchmark server")
         shm = shared_memory.SharedMemory(create=True, size=2160 * 3840 * 3)
         try:
             with Client(endpoint, timeout_s=30.0) as client:
@@ -100,7 +97,7 @@ def bench_frames(n: int = 200, warmup: int = 20) -> str:
             shm.close()
             shm.unlink()
             stop.set()
-            proc.join(30)
+            _end(proc, 30)
     ratio = overhead[("1080p", "shm")] / overhead[("64 B", "shm")]
     return ("edgesched bench frames: uint8 frames through a small model, ipc, "
             f"{n} requests each\n"

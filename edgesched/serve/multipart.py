@@ -20,7 +20,14 @@ _POLLIN = int(zmq.POLLIN)
 
 
 def send(sock: zmq.Socket, frames: Sequence, flags: int = 0) -> None:
-    """Send `frames` as one message (flags: 0 or NOBLOCK)."""
+    """Send `frames` as one message (flags: 0 or NOBLOCK). Every frame is checked first, as
+    send_multipart does: a frame that is not a buffer (TypeError) sends nothing, never a
+    partial message that the next one would be appended to."""
+    if not frames:
+        raise ValueError("a message needs at least one frame")
+    for frame in frames:
+        if not isinstance(frame, (bytes, zmq.Frame)):
+            memoryview(frame)        # TypeError for what has no buffer
     last = len(frames) - 1
     more = flags | _MORE
     for i, frame in enumerate(frames):

@@ -248,21 +248,22 @@ class Reloader:
         return d
 
     def _prune(self) -> None:
-        """Model files kept in RAM for evictions that no longer need them go (residency)."""
-        self._on_engine(lambda: None)        # the retires queued before this have run
-        self.server.residency.prune()
+        """Model files kept in RAM for evictions that no longer need them go (residency):
+        on the engine thread, after the retires queued before (prune never waits)."""
+        self.server.engine.call_soon(self.server.residency.prune)
 
     def _load(self, entries: list) -> dict[str, ModelInfo]:
         """Load `entries` (off the engine thread); on a failure unload those loaded."""
         loaded: dict[str, ModelInfo] = {}
         for entry in entries:
             try:
-                with self.server.residency.load_lock:   # one load at a time on the backend
+                with self.server.residency.loading():   # one load at a time on the backend
                     loaded.update(load_models(self.server.backend, [entry]))
             except EdgeschedError:
                 backend = self.server.backend
                 for name in loaded:      # a model that failed to load holds nothing
                     self._on_engine(lambda n=name: backend.unload(n))
+                self._prune()            # nor do its files
                 raise
         return loaded
 

@@ -22,11 +22,12 @@ server's drain, beside the engine's own; serve/server.py's stop does not call th
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from edgesched.backends import Backend, ModelEntry, load_models
 from edgesched.backends.blobs import Blobs
@@ -71,8 +72,7 @@ class Residency:
         self._engine: Engine | None = None
         self._intake: threading.Lock | None = None
         self._on_result: Callable[[Result], None] | None = None
-        self._load_lock = threading.Lock()      # one load at a time on the backend
-        self.load_lock = self._load_lock         # ... reloads of the config take it too
+        self._load_lock = threading.Lock()      # one load at a time: see loading()
         self._prune_pending = False              # prune() found a load under way
         self._timer_pending = False
         self._closed = False
@@ -114,7 +114,7 @@ class Residency:
     def _load_now(self, m: _Model, resident: bool = True) -> ModelInfo:
         """Load `m` on this thread; resident at once, or (a reload) still `loading` until
         the engine thread has handed it its waiting requests."""
-        with self._load_lock:
+        with self.loading():
             reads = None if self.blobs is None else self.blobs.disk_reads
             began = time.perf_counter()
             if self.blobs is None:
@@ -123,10 +123,10 @@ class Residency:
                 with self.blobs.recording() as files:
                     try:
                         info = load_models(self.backend, [m.entry])[m.entry.name]
-                    finally:
-                        if self._prune_pending:     # asked for while this load ran
-                            self._prune_held()
-                m.files = frozenset(files)
+                    except BaseException:
+                        m.files |= files     # a failed load: keep what either load read
+                        raise
+                m.files = frozenset(files)   # before the lock's release, which may prune
             elapsed_ms = (time.perf_counter() - began) * 1e3
             footprint = int(self.backend.footprint_bytes(m.entry.name))
         with self._lock:
@@ -191,23 +191,42 @@ class Residency:
         engine = self._engine
         return name in engine.models and engine._current.get(name, name) == name
 
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """Hold the backend's load lock (one load at a time; reloads of the config take it
+        too). A prune asked for meanwhile runs as it is released."""
+        self._load_lock.acquire()
+        try:
+            yield
+        finally:
+            self._release_load_lock()
+
     def prune(self) -> None:
         """Forget the files kept in RAM that no eviction will need again: those of models a
         reload removed or moved to a new version, and whatever else was loaded (a reload's
         models are outside the budget). Call after a reload. Never waits for a load under
-        way: that load prunes when it ends."""
+        way: that load prunes as it releases the load lock."""
         if self.blobs is None:
             return
-        if not self._load_lock.acquire(blocking=False):
-            self._prune_pending = True
-            return
-        try:
-            self._prune_held()
-        finally:
-            self._load_lock.release()
+        # The flag first, then the try: a holder releasing meanwhile sees the flag.
+        self._prune_pending = True
+        if self._load_lock.acquire(blocking=False):
+            self._release_load_lock()
+
+    def _release_load_lock(self) -> None:
+        while True:
+            try:
+                if self._prune_pending:
+                    self._prune_held()
+            finally:
+                self._load_lock.release()
+            if not self._prune_pending or not self._load_lock.acquire(blocking=False):
+                return      # (a holder that took it meanwhile prunes as it releases)
 
     def _prune_held(self) -> None:
         self._prune_pending = False
+        if self._engine is None:
+            return
         retiring = self._engine.retiring
         self.blobs.keep_only([f for m in list(self._models.values())
                               if self._managed(m.entry.name) and m.entry.name not in retiring

@@ -312,10 +312,15 @@ class Server:
         except InvalidInput as e:
             error = e
         self.regions.release(regions)            # its claim on shared memory ends
+        frames = None
+        if error is None:
+            try:
+                frames = wire.encode_result(request_id, result.outputs, result.timings, written)
+            except InvalidInput as e:            # an output the wire cannot carry
+                error = ServerError(f"model {result.model!r}: {e}")
+                log.warning("%s", error)
         if error is not None:
             frames = wire.encode_error(request_id, error)
-        else:
-            frames = wire.encode_result(request_id, result.outputs, result.timings, written)
         self._forward(envelope + frames, self._router)
 
     def _stop_auth(self) -> None:

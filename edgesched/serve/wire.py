@@ -115,6 +115,9 @@ def tensor_frames(arrays: Sequence[tuple[str, np.ndarray]],
             continue
         array = np.asarray(array, order="C")      # ascontiguousarray would make 0-d arrays 1-d
         spelling = _WIRE_OF.get(array.dtype)
+        if spelling is None and array.dtype.hasobject:   # its bytes are pointers: never sent
+            raise InvalidInput(f"tensor {name!r} holds Python objects (dtype object, e.g. "
+                               "strings), which have no wire form")
         if spelling is None:                      # big-endian, or not served (server names it)
             array = dtypes.to_little_endian(array)
             spelling = _WIRE_OF.get(array.dtype) or array.dtype.name

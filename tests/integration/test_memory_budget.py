@@ -146,6 +146,9 @@ def test_reloads_forget_the_model_files_no_eviction_needs(tmp_path):
                 "server": {"endpoint": endpoint}, "telemetry": "none",
                 "limits": {"device_memory_mb": BUDGET_MB}, "models": models}))
             assert Reloader(server, str(config)).reload() is not None
+            done = threading.Event()
+            server.engine.call_soon(done.set)        # after the prune the reload queued
+            assert done.wait(CLIENT_TIMEOUT_S)
 
         reload(MODELS[:2])                                     # depthwise removed
         assert EXAMPLES / "depthwise.onnx" not in blobs
@@ -156,3 +159,19 @@ def test_reloads_forget_the_model_files_no_eviction_needs(tmp_path):
         assert EXAMPLES / "attention.onnx" in blobs and EXAMPLES / "convnet.onnx" in blobs
         for name in ("depth2", "attention", "convnet"):
             client.infer(name, example_input(name if name != "depth2" else "depthwise", 1))
+
+
+def test_a_prune_asked_for_during_a_load_waits_for_none_and_runs_as_the_load_ends(tmp_path):
+    with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, _):
+        residency = server.residency
+        stray = tmp_path / "stray.onnx"              # kept, and needed by no model
+        stray.write_bytes(b"x" * 10)
+        residency.blobs.read(stray)
+        with residency.loading():                    # as a load holds it
+            asker = threading.Thread(target=residency.prune)
+            asker.start()
+            asker.join(CLIENT_TIMEOUT_S)
+            assert not asker.is_alive()              # it never waits for the load
+            assert stray in residency.blobs          # nothing forgotten under a load
+        assert stray not in residency.blobs          # the load's release pruned
+        assert EXAMPLES / "depthwise.onnx" in residency.blobs     # a budget model's stays

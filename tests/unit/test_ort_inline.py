@@ -10,6 +10,8 @@ import pytest
 from edgesched.types import Launch
 from tests.models import EXAMPLES, build_dynamic_convnet, dynamic_input, example_input
 
+onnx = pytest.importorskip("onnx")
+
 pytest.importorskip("onnxruntime")
 
 
@@ -35,8 +37,8 @@ def backend():
     b.close()
 
 
-def _record(backend, model: str) -> list:
-    threads: list = []
+def _record(backend, model: str, threads: list | None = None) -> list:
+    threads = [] if threads is None else threads
     for piece in backend._slices[model]:
         piece.session = _Recording(piece.session, threads)
     return threads
@@ -52,8 +54,8 @@ def _run(backend, request_id: int, model: str, inputs: dict, stream: int = 0):
 
 
 def test_a_repeated_short_launch_runs_on_the_calling_thread(backend, monkeypatch):
-    from edgesched.backends import onnxruntime
-    monkeypatch.setattr(onnxruntime, "INLINE_MAX_S", 10.0)   # every run counts as short
+    from edgesched.backends import ort_inline
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)   # every run counts as short
     backend.load("attention", EXAMPLES / "attention.onnx", 1)
     threads = _record(backend, "attention")
     first = _run(backend, 1, "attention", example_input("attention", 0))
@@ -71,23 +73,28 @@ def test_a_repeated_short_launch_runs_on_the_calling_thread(backend, monkeypatch
 
 
 def test_new_shapes_and_slow_runs_stay_on_a_worker(backend, monkeypatch, tmp_path):
-    from edgesched.backends import onnxruntime
+    from edgesched.backends import ort_inline
     path = build_dynamic_convnet(tmp_path / "dyn.onnx")
     backend.load("dyn", path, 1)
     threads = _record(backend, "dyn")
-    monkeypatch.setattr(onnxruntime, "INLINE_MAX_S", 10.0)
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)
     _run(backend, 1, "dyn", dynamic_input(1, 32))
     _run(backend, 2, "dyn", dynamic_input(2, 32))      # a shape not run before: a worker
     _run(backend, 3, "dyn", dynamic_input(1, 32))      # run before, short: inline
-    monkeypatch.setattr(onnxruntime, "INLINE_MAX_S", 0.0)
+    monkeypatch.setattr(ort_inline, "MAX_S", 0.0)
     _run(backend, 4, "dyn", dynamic_input(1, 32))      # longer than the bound: a worker
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)
+    backend.unload("dyn")                              # a model loaded again is new
+    backend.load("dyn", path, 1)
+    _record(backend, "dyn", threads)
+    _run(backend, 5, "dyn", dynamic_input(1, 32))
     me = threading.current_thread().name
-    assert [t == me for t in threads] == [False, False, True, False]
+    assert [t == me for t in threads] == [False, False, True, False, False]
 
 
 def test_a_kept_launch_that_another_joins_runs_beside_it_on_the_workers(backend, monkeypatch):
-    from edgesched.backends import onnxruntime
-    monkeypatch.setattr(onnxruntime, "INLINE_MAX_S", 10.0)
+    from edgesched.backends import ort_inline
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)
     backend.load("attention", EXAMPLES / "attention.onnx", 1)
     _run(backend, 1, "attention", example_input("attention", 0))
     threads = _record(backend, "attention")
@@ -105,8 +112,8 @@ def test_a_kept_launch_that_another_joins_runs_beside_it_on_the_workers(backend,
 
 
 def test_an_inline_run_that_fails_fails_only_its_request(backend, monkeypatch):
-    from edgesched.backends import onnxruntime
-    monkeypatch.setattr(onnxruntime, "INLINE_MAX_S", 10.0)
+    from edgesched.backends import ort_inline
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)
     backend.load("attention", EXAMPLES / "attention.onnx", 1)
     good = example_input("attention", 0)
     _run(backend, 1, "attention", good)
@@ -115,3 +122,51 @@ def test_an_inline_run_that_fails_fails_only_its_request(backend, monkeypatch):
     done = _run(backend, 2, "attention", bad)
     assert done[0].error is not None and done[0].rejected
     assert _run(backend, 3, "attention", good)[0].error is None
+
+
+def _nonzero_model(path):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("NonZero", ["r"], ["idx"])],
+        "nonzero", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, "k"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_graph_whose_inputs_values_set_its_run_time_never_runs_inline(backend, monkeypatch,
+                                                                        tmp_path):
+    from edgesched.backends import ort_inline
+    monkeypatch.setattr(ort_inline, "MAX_S", 10.0)
+    path = _nonzero_model(tmp_path / "nz.onnx")
+    assert ort_inline.data_dependent(path) and ort_inline.data_dependent(path.read_bytes())
+    assert not any(ort_inline.data_dependent(EXAMPLES / f"{m}.onnx")
+                   for m in ("convnet", "depthwise", "attention"))
+    backend.load("nz", path, 1)
+    threads = _record(backend, "nz")
+    x = {"x": np.array([0.0, 1.0, -2.0, 3.0], np.float32)}
+    for rid in (1, 2, 3):
+        assert _run(backend, rid, "nz", x)[0].error is None
+    assert threading.current_thread().name not in threads
+    np.testing.assert_array_equal(backend.fetch(3)["idx"], [[1, 3]])
+
+
+def test_the_longest_run_decides_and_the_history_stays_bounded(monkeypatch):
+    from edgesched.backends import ort_inline
+    runs = ort_inline.InlineRuns()
+    key = ("m", 0, ((1, 3),))
+    assert not runs.allowed(key)                         # never ran: a worker first
+    runs.ran(key, ort_inline.MAX_S / 2)
+    assert runs.allowed(key)
+    runs.ran(key, ort_inline.MAX_S * 5)                  # once long: never inline again
+    runs.ran(key, ort_inline.MAX_S / 10)
+    assert not runs.allowed(key)
+    runs.ran(("n", 0, ()), 0.0)
+    runs.forget("n")
+    assert not runs.allowed(("n", 0, ()))
+    monkeypatch.setattr(ort_inline, "_HISTORY", 8)
+    for i in range(20):                                  # one new shape after another
+        runs.ran(("m", 0, ((i,),)), 0.0)
+    assert len(runs._longest) <= 8
