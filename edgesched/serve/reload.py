@@ -64,6 +64,7 @@ class Reloader:
         self._file = {m.name: m for m in server.config.models}   # the file, as last applied
         # name -> (the LOAD entry as sent, as resolved when applied), or None: unloaded.
         self._overlay: dict[str, tuple[dict, ModelConfig] | None] = {}
+        self._read: dict[str, frozenset] = {}   # name -> files its load read (the last apply)
 
     def origin(self, name: str) -> str:
         """Who put a served model there: "socket" (LOAD) or "config" (the file)."""
@@ -211,7 +212,7 @@ class Reloader:
                                          for m in d.reloaded)])
         self._on_engine(lambda: engine.set_models({**engine.models, **loaded},
                                                   fresh=tuple(loaded)))
-        problem = self._warm(loaded)
+        problem = self._warm(loaded) or server.residency.refuses(d.added, d.retuned)
         if problem is not None:
             for name in loaded:
                 self._on_engine(lambda n=name: engine.retire(n))
@@ -243,6 +244,8 @@ class Reloader:
         for name in d.removed:
             engine.call_soon(lambda n=name: engine.retire(n))
         server.config = dataclasses.replace(old, models=new.models)
+        # Added models come under the memory budget; new versions stay outside it.
+        server.residency.adopt(d.added, self._read, d.retuned)
         self._prune()
         log.info("%s: %s", what, d.describe())
         return d
@@ -255,10 +258,12 @@ class Reloader:
     def _load(self, entries: list) -> dict[str, ModelInfo]:
         """Load `entries` (off the engine thread); on a failure unload those loaded."""
         loaded: dict[str, ModelInfo] = {}
+        residency, self._read = self.server.residency, {}
         for entry in entries:
             try:
-                with self.server.residency.loading():   # one load at a time on the backend
+                with residency.loading(), residency.recorded() as files:  # one at a time
                     loaded.update(load_models(self.server.backend, [entry]))
+                self._read[entry.name] = frozenset(files)    # for residency.adopt
             except EdgeschedError:
                 backend = self.server.backend
                 for name in loaded:      # a model that failed to load holds nothing

@@ -191,6 +191,83 @@ class Residency:
         engine = self._engine
         return name in engine.models and engine._current.get(name, name) == name
 
+    # --- models a reload adds (the reloader's thread) ---------------------------------------
+    @contextlib.contextmanager
+    def recorded(self) -> Iterator[set]:
+        """The files a load in the block reads (empty without a budget)."""
+        if self.blobs is None:
+            yield set()
+            return
+        with self.blobs.recording() as files:
+            yield files
+
+    def refuses(self, added: Iterable[ModelEntry],
+                retuned: Iterable[ModelEntry] = ()) -> str | None:
+        """Why the realtime models a reload adds (loaded) or retunes to realtime cannot be
+        pinned beside the pinned ones, or None."""
+        if self.budget_bytes is None:
+            return None
+        now_of = {e.name: e.priority is Priority.REALTIME for e in retuned}
+        with self._lock:
+            kept = sum(m.footprint_bytes for name, m in self._models.items()
+                       if now_of.get(name, m.pinned) and self._managed(name))
+        pinned = [(e.name, int(self.backend.footprint_bytes(e.name))) for e in added
+                  if e.priority is Priority.REALTIME]
+        need = kept + sum(b for _, b in pinned)
+        if need <= self.budget_bytes:
+            return None
+        return (f"limits.device_memory_mb is {_mb(self.budget_bytes)} MiB: the realtime "
+                f"(pinned) models would need {_mb(need)} MiB"
+                + "".join(f", {n} {_mb(b)} MiB of it" for n, b in pinned))
+
+    def adopt(self, added: Iterable[ModelEntry], files: dict[str, frozenset],
+              retuned: Iterable[ModelEntry] = ()) -> None:
+        """Models a reload added (loaded and served now) come under the budget, resident;
+        a retuned model is pinned by its new priority. Whatever no longer fits is evicted
+        (least recently used, idle, best effort) on the engine thread."""
+        if self.budget_bytes is None:
+            return
+        now = self._clock()
+        made = {e.name: _Model(e, pinned=e.priority is Priority.REALTIME, resident=True,
+                               footprint_bytes=int(self.backend.footprint_bytes(e.name)),
+                               last_used_s=now, loads=1, files=files.get(e.name, frozenset()))
+                for e in added}
+        with self._lock:
+            self._models.update(made)
+            for e in retuned:
+                m = self._models.get(e.name)
+                if m is not None:
+                    m.entry, m.pinned = e, e.priority is Priority.REALTIME
+        if self._used_bytes() > self.budget_bytes:
+            self._engine.call_soon(self._shrink)
+
+    def _shrink(self) -> None:
+        """Evict idle best-effort models, least recently used first, until the resident ones
+        fit the budget (engine thread); busy ones go on a later pass, when one is needed."""
+        over = self._used_bytes() - self.budget_bytes
+        if over <= 0:
+            return
+        with self._intake:        # as in _make_room: idle now stays idle until unloaded
+            victims = []
+            for v in sorted(self._models.values(), key=lambda v: v.last_used_s):
+                if over <= 0:
+                    break
+                if v.pinned or not v.resident or v.loading or not self._idle(v):
+                    continue
+                victims.append(v)
+                over -= v.footprint_bytes
+            with self._lock:
+                for v in victims:
+                    v.resident = False
+                    v.evictions += 1
+        for v in victims:
+            self.backend.unload(v.entry.name)
+            log.info("evicted model %r (%s MiB, least recently used): a reload's models did "
+                     "not fit the budget beside it", v.entry.name, _mb(v.footprint_bytes))
+        if over > 0:
+            log.warning("the resident models exceed limits.device_memory_mb by %s MiB until "
+                        "busy ones are evicted", _mb(over))
+
     @contextlib.contextmanager
     def loading(self) -> Iterator[None]:
         """Hold the backend's load lock (one load at a time; reloads of the config take it

@@ -204,7 +204,10 @@ def test_clients_that_vanish_mid_request_leave_no_state_behind(start_server, mod
             sent += 1
         client.ping()        # answered at once, in order: the server has read the 3 requests
         client.close()       # gone before any reply
-    until(lambda: server.engine.idle, "the engine to finish the orphaned requests")
+    # (The engine is idle once the last request left its state; its buffers are freed a
+    # moment later in the same step, on the serve thread.)
+    until(lambda: server.engine.idle and not server.backend._tensors,
+          "the engine to finish the orphaned requests and free their buffers")
     counts = server.stats.snapshot()["models"]["slow"]
     assert counts["completed"] + counts["failed"] + counts["expired"] == sent
     assert server.engine.state.requests == {} and server.backend._tensors == {}

@@ -8,6 +8,7 @@ Footprints here are the models' initializer bytes: the RSS part of the measureme
 else the test process allocates meanwhile."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -132,8 +133,8 @@ def _infer_or_error(endpoint: str, model: str, inputs: dict):
 
 
 def test_reloads_forget_the_model_files_no_eviction_needs(tmp_path):
-    """A removed model's file leaves host RAM with it, and a model a reload adds (outside the
-    budget) is never kept; the budget's own models stay in RAM and reload from there."""
+    """A removed model's file leaves host RAM with it, a model a reload adds is kept (it is
+    under the budget) and a new version (outside it) is not; the others' files stay."""
     with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint), \
             Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
         blobs = server.residency.blobs
@@ -154,11 +155,18 @@ def test_reloads_forget_the_model_files_no_eviction_needs(tmp_path):
         assert EXAMPLES / "depthwise.onnx" not in blobs
         assert blobs.held_bytes == sum((EXAMPLES / f"{m}.onnx").stat().st_size
                                        for m in ("convnet", "attention"))
-        reload(MODELS[:2] + [dict(MODELS[2], name="depth2")])   # added: outside the budget
-        assert EXAMPLES / "depthwise.onnx" not in blobs
-        assert EXAMPLES / "attention.onnx" in blobs and EXAMPLES / "convnet.onnx" in blobs
+        reload(MODELS[:2] + [dict(MODELS[2], name="depth2")])   # added: under the budget
+        assert EXAMPLES / "depthwise.onnx" in blobs
         for name in ("depth2", "attention", "convnet"):
             client.infer(name, example_input(name if name != "depth2" else "depthwise", 1))
+        changed = dict(MODELS[1], path=str(tmp_path / "attention.onnx"))
+        (tmp_path / "attention.onnx").write_bytes((EXAMPLES / "attention.onnx").read_bytes())
+        reload([MODELS[0], changed])        # depth2 removed; attention's new version outside
+        assert EXAMPLES / "depthwise.onnx" not in blobs
+        assert EXAMPLES / "attention.onnx" not in blobs
+        assert tmp_path / "attention.onnx" not in blobs
+        assert EXAMPLES / "convnet.onnx" in blobs
+        client.infer("attention", example_input("attention", 2))
 
 
 def test_a_prune_asked_for_during_a_load_waits_for_none_and_runs_as_the_load_ends(tmp_path):
@@ -175,3 +183,46 @@ def test_a_prune_asked_for_during_a_load_waits_for_none_and_runs_as_the_load_end
             assert stray in residency.blobs          # nothing forgotten under a load
         assert stray not in residency.blobs          # the load's release pruned
         assert EXAMPLES / "depthwise.onnx" in residency.blobs     # a budget model's stays
+
+
+def _reload_to(server, endpoint: str, config, models: list):
+    config.write_text(yaml.safe_dump({
+        "device": {"backend": "onnxruntime", "streams": 2},
+        "server": {"endpoint": endpoint}, "telemetry": "none",
+        "limits": {"device_memory_mb": BUDGET_MB}, "models": models}))
+    return Reloader(server, str(config)).reload()
+
+
+def test_a_model_a_reload_adds_comes_under_the_budget(tmp_path, ort_run):
+    with serving(MODELS[:2], limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint), \
+            Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+        client.infer("attention", example_input("attention", 0))
+        assert _reload_to(server, endpoint, tmp_path / "c.yaml", MODELS) is not None
+        give_up = time.monotonic() + CLIENT_TIMEOUT_S     # attention is evicted for it
+        while _states(client) != {"convnet": "resident", "attention": "evicted",
+                                  "depthwise": "resident"}:
+            assert time.monotonic() < give_up, _states(client)
+            time.sleep(0.005)
+        assert client.stats()["memory_budget"]["used_mb"] <= BUDGET_MB
+        x = example_input("attention", 1)                # back from RAM, depthwise out
+        got = client.infer("attention", x)
+        want = ort_run(EXAMPLES / "attention.onnx", x)
+        for output, value in want.items():
+            np.testing.assert_allclose(got[output], value, rtol=1e-4, atol=1e-5)
+        assert _states(client)["depthwise"] == "evicted"
+        assert client.stats()["models"]["attention"]["residency"]["last_load_from"] == "ram"
+        assert client.stats()["memory_budget"]["used_mb"] <= BUDGET_MB
+
+
+def test_a_realtime_model_a_reload_adds_that_cannot_be_pinned_is_refused(tmp_path, caplog):
+    with serving(MODELS[:2], limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint), \
+            Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+        extra = [dict(MODELS[2], name="depth_rt", priority="realtime"),    # with convnet:
+                 dict(MODELS[1], name="att_rt", priority="realtime")]      # 1.5 MiB > 1.2
+        with caplog.at_level(logging.ERROR, logger="edgesched.reload"):
+            assert _reload_to(server, endpoint, tmp_path / "c.yaml", MODELS[:2] + extra) is None
+        refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refused) == 1 and "limits.device_memory_mb" in refused[0]
+        assert "\n" not in refused[0] and "depth_rt" in refused[0]
+        assert sorted(m["name"] for m in client.models()) == ["attention", "convnet"]
+        client.infer("convnet", example_input("convnet", 0))
