@@ -22,21 +22,20 @@ server's drain, beside the engine's own; serve/server.py's stop does not call th
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from edgesched.backends import Backend, ModelEntry, load_models
 from edgesched.backends.blobs import Blobs
 from edgesched.engine import Engine, Result, Submission
+from edgesched.serve.residency_reloads import MIB, ReloadsMixin, mb as _mb
 from edgesched.errors import ConfigError, ModelUnavailable
 from edgesched.types import ModelInfo, Priority
 
 log = logging.getLogger("edgesched.residency")
-MIB = 1024 * 1024
 RETRY_S = 0.005                 # a waiting load re-checks for evictable models this often
 WAIT_WITHOUT_DEADLINE_S = 30.0  # a request without a deadline waits this long for its model
 
@@ -57,7 +56,8 @@ class _Model:
     waiting: list[tuple[Submission, float]] = field(default_factory=list)  # (it, give up at)
 
 
-class Residency:
+class Residency(ReloadsMixin):
+    _model_type = _Model         # what ReloadsMixin.adopt makes
     def __init__(self, backend: Backend, budget_mb: float | None, source: str = "config",
                  clock: Callable[[], float] = time.monotonic):
         self.backend, self.source, self._clock = backend, source, clock
@@ -190,124 +190,6 @@ class Residency:
         new version's backend key: such models stay as the reload left them)."""
         engine = self._engine
         return name in engine.models and engine._current.get(name, name) == name
-
-    # --- models a reload adds (the reloader's thread) ---------------------------------------
-    @contextlib.contextmanager
-    def recorded(self) -> Iterator[set]:
-        """The files a load in the block reads (empty without a budget)."""
-        if self.blobs is None:
-            yield set()
-            return
-        with self.blobs.recording() as files:
-            yield files
-
-    def refuses(self, added: Iterable[ModelEntry],
-                retuned: Iterable[ModelEntry] = ()) -> str | None:
-        """Why the realtime models a reload adds (loaded) or retunes to realtime cannot be
-        pinned beside the pinned ones, or None."""
-        if self.budget_bytes is None:
-            return None
-        now_of = {e.name: e.priority is Priority.REALTIME for e in retuned}
-        with self._lock:
-            kept = sum(m.footprint_bytes for name, m in self._models.items()
-                       if now_of.get(name, m.pinned) and self._managed(name))
-        pinned = [(e.name, int(self.backend.footprint_bytes(e.name))) for e in added
-                  if e.priority is Priority.REALTIME]
-        need = kept + sum(b for _, b in pinned)
-        if need <= self.budget_bytes:
-            return None
-        return (f"limits.device_memory_mb is {_mb(self.budget_bytes)} MiB: the realtime "
-                f"(pinned) models would need {_mb(need)} MiB"
-                + "".join(f", {n} {_mb(b)} MiB of it" for n, b in pinned))
-
-    def adopt(self, added: Iterable[ModelEntry], files: dict[str, frozenset],
-              retuned: Iterable[ModelEntry] = ()) -> None:
-        """Models a reload added (loaded and served now) come under the budget, resident;
-        a retuned model is pinned by its new priority. Whatever no longer fits is evicted
-        (least recently used, idle, best effort) on the engine thread."""
-        if self.budget_bytes is None:
-            return
-        now = self._clock()
-        made = {e.name: _Model(e, pinned=e.priority is Priority.REALTIME, resident=True,
-                               footprint_bytes=int(self.backend.footprint_bytes(e.name)),
-                               last_used_s=now, loads=1, files=files.get(e.name, frozenset()))
-                for e in added}
-        with self._lock:
-            self._models.update(made)
-            for e in retuned:
-                m = self._models.get(e.name)
-                if m is not None:
-                    m.entry, m.pinned = e, e.priority is Priority.REALTIME
-        if self._used_bytes() > self.budget_bytes:
-            self._engine.call_soon(self._shrink)
-
-    def _shrink(self) -> None:
-        """Evict idle best-effort models, least recently used first, until the resident ones
-        fit the budget (engine thread); busy ones go on a later pass, when one is needed."""
-        over = self._used_bytes() - self.budget_bytes
-        if over <= 0:
-            return
-        with self._intake:        # as in _make_room: idle now stays idle until unloaded
-            victims = []
-            for v in sorted(self._models.values(), key=lambda v: v.last_used_s):
-                if over <= 0:
-                    break
-                if v.pinned or not v.resident or v.loading or not self._idle(v):
-                    continue
-                victims.append(v)
-                over -= v.footprint_bytes
-            with self._lock:
-                for v in victims:
-                    v.resident = False
-                    v.evictions += 1
-        for v in victims:
-            self.backend.unload(v.entry.name)
-            log.info("evicted model %r (%s MiB, least recently used): a reload's models did "
-                     "not fit the budget beside it", v.entry.name, _mb(v.footprint_bytes))
-        if over > 0:
-            log.warning("the resident models exceed limits.device_memory_mb by %s MiB until "
-                        "busy ones are evicted", _mb(over))
-
-    @contextlib.contextmanager
-    def loading(self) -> Iterator[None]:
-        """Hold the backend's load lock (one load at a time; reloads of the config take it
-        too). A prune asked for meanwhile runs as it is released."""
-        self._load_lock.acquire()
-        try:
-            yield
-        finally:
-            self._release_load_lock()
-
-    def prune(self) -> None:
-        """Forget the files kept in RAM that no eviction will need again: those of models a
-        reload removed or moved to a new version, and whatever else was loaded (a reload's
-        models are outside the budget). Call after a reload. Never waits for a load under
-        way: that load prunes as it releases the load lock."""
-        if self.blobs is None:
-            return
-        # The flag first, then the try: a holder releasing meanwhile sees the flag.
-        self._prune_pending = True
-        if self._load_lock.acquire(blocking=False):
-            self._release_load_lock()
-
-    def _release_load_lock(self) -> None:
-        while True:
-            try:
-                if self._prune_pending:
-                    self._prune_held()
-            finally:
-                self._load_lock.release()
-            if not self._prune_pending or not self._load_lock.acquire(blocking=False):
-                return      # (a holder that took it meanwhile prunes as it releases)
-
-    def _prune_held(self) -> None:
-        self._prune_pending = False
-        if self._engine is None:
-            return
-        retiring = self._engine.retiring
-        self.blobs.keep_only([f for m in list(self._models.values())
-                              if self._managed(m.entry.name) and m.entry.name not in retiring
-                              for f in m.files])
 
     # --- a clock for the waiting requests --------------------------------------------------
     def _tick_later(self, delay_s: float) -> None:
@@ -479,10 +361,6 @@ class Residency:
             return None
         return {"budget_mb": self.budget_bytes / MIB, "used_mb": round(self._used_bytes() / MIB, 3),
                 "host_ram_mb": round(self.blobs.held_bytes / MIB, 3)}
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / MIB:.1f}"
 
 
 def annotate_stats(server, stats: dict) -> None:
