@@ -129,6 +129,16 @@ def _end(proc, wait_s: float) -> None:
         proc.join(5)
 
 
+def _client_of(proc, endpoint: str):
+    """A Client of the server `proc` runs; `proc` is ended if the client cannot be made."""
+    from edgesched.serve.client import Client
+    try:
+        return Client(endpoint, timeout_s=30.0)
+    except BaseException:
+        _end(proc, 0)
+        raise
+
+
 class _Echo:
     """A DEALER round trip to a raw pyzmq ROUTER echo in its own process."""
 
@@ -156,13 +166,8 @@ class _Null:
     """The client library's INFER round trip to the null server (_null) in its own process."""
 
     def __init__(self, endpoint: str, model: str, inputs: dict, outputs: dict):
-        from edgesched.serve.client import Client
         self._proc = _start(_null, (endpoint, outputs), "null server")
-        try:
-            self._client = Client(endpoint, timeout_s=30.0)
-        except BaseException:
-            _end(self._proc, 0)
-            raise
+        self._client = _client_of(self._proc, endpoint)
         self._model, self._inputs = model, inputs
 
     def __call__(self) -> None:
@@ -184,14 +189,9 @@ class _Served:
     arrival -> done time of each request too."""
 
     def __init__(self, config: Config, endpoint: str, model: str, inputs: dict):
-        from edgesched.serve.client import Client
         self._stop = multiprocessing.get_context("spawn").Event()
         self._proc = _start(_serve, (config, endpoint, self._stop), "benchmark server")
-        try:
-            self._client = Client(endpoint, timeout_s=30.0)
-        except BaseException:
-            _end(self._proc, 0)
-            raise
+        self._client = _client_of(self._proc, endpoint)
         self._model, self._inputs = model, inputs
         self.inside_s: list[float] = []
 
