@@ -212,7 +212,8 @@ class Reloader:
                                          for m in d.reloaded)])
         self._on_engine(lambda: engine.set_models({**engine.models, **loaded},
                                                   fresh=tuple(loaded)))
-        problem = self._warm(loaded) or server.residency.refuses(d.added, d.retuned)
+        problem = self._warm(loaded) or server.residency.refuses(
+            d.added, d.retuned, d.removed)
         if problem is not None:
             for name in loaded:
                 self._on_engine(lambda n=name: engine.retire(n))
@@ -243,6 +244,7 @@ class Reloader:
         self._on_engine(switch)
         for name in d.removed:
             engine.call_soon(lambda n=name: engine.retire(n))
+        engine.call_soon(lambda: server.residency.drop(d.removed, keys))
         server.config = dataclasses.replace(old, models=new.models)
         # Added models come under the memory budget; new versions stay outside it.
         server.residency.adopt(d.added, self._read, d.retuned)

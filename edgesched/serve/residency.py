@@ -248,7 +248,7 @@ class Residency(ReloadsMixin):
                 for s, _ in waiting:
                     self._engine.submit(s)
             elif m.waiting and not m.resident and not m.loading:
-                if m.footprint_bytes > self.budget_bytes - self._pinned_bytes():
+                if m.footprint_bytes > self.budget_bytes - self._pinned_bytes(besides=m):
                     self._give_up(m, f"its {_mb(m.footprint_bytes)} MiB never fit beside the "
                                      f"pinned (realtime) models in limits.device_memory_mb: "
                                      f"{_mb(self.budget_bytes)} MiB")
@@ -332,9 +332,12 @@ class Residency(ReloadsMixin):
         self._on_result(Result(s.model, s.reply_to, None, ModelUnavailable(why), None))
 
     # --- what STATS and MODELS show -----------------------------------------------------------
-    def _pinned_bytes(self) -> int:
+    def _pinned_bytes(self, besides: _Model | None = None) -> int:
+        """The pinned models' footprints, `besides` left out."""
         with self._lock:
-            return sum(m.footprint_bytes for m in self._models.values() if m.pinned)
+            return sum(m.footprint_bytes for m in self._models.values()
+                       if m.pinned and m is not besides
+                       and (self._engine is None or self._managed(m.entry.name)))
 
     def _used_bytes(self) -> int:
         with self._lock:

@@ -40,16 +40,19 @@ class ReloadsMixin:
         with self.blobs.recording() as files:
             yield files
 
-    def refuses(self, added: Iterable[ModelEntry],
-                retuned: Iterable[ModelEntry] = ()) -> str | None:
+    def refuses(self, added: Iterable[ModelEntry], retuned: Iterable[ModelEntry] = (),
+                removed: Iterable[str] = ()) -> str | None:
         """Why the realtime models a reload adds (loaded) or retunes to realtime cannot be
-        pinned beside the pinned ones, or None."""
+        pinned beside the pinned ones it keeps, or None."""
         if self.budget_bytes is None:
             return None
+        added = list(added)
         now_of = {e.name: e.priority is Priority.REALTIME for e in retuned}
+        leaving = set(removed) | {e.name for e in added}     # (an old entry of an added name)
         with self._lock:
             kept = sum(m.footprint_bytes for name, m in self._models.items()
-                       if now_of.get(name, m.pinned) and self._managed(name))
+                       if name not in leaving and now_of.get(name, m.pinned)
+                       and self._managed(name))
         pinned = [(e.name, int(self.backend.footprint_bytes(e.name))) for e in added
                   if e.priority is Priority.REALTIME]
         need = kept + sum(b for _, b in pinned)
@@ -58,6 +61,23 @@ class ReloadsMixin:
         return (f"limits.device_memory_mb is {mb(self.budget_bytes)} MiB: the realtime "
                 f"(pinned) models would need {mb(need)} MiB"
                 + "".join(f", {n} {mb(b)} MiB of it" for n, b in pinned))
+
+    def drop(self, removed: Iterable[str], moved: Iterable[str]) -> None:
+        """Forget the budget entries of models a reload removed or moved to a new version
+        (engine thread, after its switch): what still waits for a removed one is answered,
+        for a moved one its new version serves it."""
+        for names, gone in ((removed, True), (moved, False)):
+            for name in names:
+                with self._lock:
+                    m = self._models.pop(name, None)
+                    waiting = [] if m is None else m.waiting
+                    if m is not None:
+                        m.waiting = []
+                for s, _ in waiting:
+                    if gone:
+                        self._refuse(s, f"model {name!r}: a reload of the config removed it")
+                    else:
+                        self._engine.submit(s, ring=False)
 
     def adopt(self, added: Iterable[ModelEntry], files: dict[str, frozenset],
               retuned: Iterable[ModelEntry] = ()) -> None:
@@ -74,12 +94,16 @@ class ReloadsMixin:
         with self._lock:
             # A name removed and now added again: what still waited for the old one is the
             # new one's to serve (it is resident).
-            waiting = [s for name in made if name in self._models
-                       for s, _ in self._models[name].waiting]
+            waiting = []
+            for name in made:
+                old = self._models.get(name)
+                if old is not None:
+                    waiting += [s for s, _ in old.waiting]
+                    old.waiting = []
             self._models.update(made)
             for e in retuned:
                 m = self._models.get(e.name)
-                if m is not None:
+                if m is not None and self._managed(e.name):
                     m.entry, m.pinned = e, e.priority is Priority.REALTIME
         for submission in waiting:
             self._engine.submit(submission)
