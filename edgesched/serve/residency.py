@@ -74,6 +74,7 @@ class Residency(ReloadsMixin):
         self._on_result: Callable[[Result], None] | None = None
         self._load_lock = threading.Lock()      # one load at a time: see loading()
         self._prune_pending = False              # prune() found a load under way
+        self._draining: dict[str, int] = {}      # removed models' bytes until drained (drop)
         self._timer_pending = False
         self._closed = False
 
@@ -341,9 +342,13 @@ class Residency(ReloadsMixin):
 
     def _used_bytes(self) -> int:
         with self._lock:
+            if self._draining:            # removed by a reload, loaded until drained
+                models = self._engine.models
+                self._draining = {n: b for n, b in self._draining.items() if n in models}
             return sum(m.footprint_bytes for m in self._models.values()
                        if (m.resident or m.loading) and
-                       (self._engine is None or self._managed(m.entry.name)))
+                       (self._engine is None or self._managed(m.entry.name))) + \
+                sum(self._draining.values())
 
     def of(self, name: str) -> dict | None:
         """One model's residency for MODELS and STATS; None without a budget."""

@@ -27,8 +27,9 @@ def mb(nbytes: int) -> str:
 
 
 class ReloadsMixin:
-    """For Residency: uses its _models, _lock, _load_lock, _prune_pending, blobs, backend,
-    budget_bytes, _engine, _intake, _clock, _managed, _idle, _used_bytes and _model_type."""
+    """For Residency: uses its _models, _lock, _load_lock, _prune_pending, _draining, blobs,
+    backend, budget_bytes, _engine, _intake, _clock, _managed, _idle, _used_bytes and
+    _model_type."""
 
     # --- models a reload adds (the reloader's thread) ---------------------------------------
     @contextlib.contextmanager
@@ -73,6 +74,8 @@ class ReloadsMixin:
                     waiting = [] if m is None else m.waiting
                     if m is not None:
                         m.waiting = []
+                        if gone and (m.resident or m.loading):
+                            self._draining[name] = m.footprint_bytes   # still loaded
                 for s, _ in waiting:
                     if gone:
                         self._refuse(s, f"model {name!r}: a reload of the config removed it")

@@ -81,3 +81,24 @@ def test_a_pinned_model_gone_from_the_budget_pins_nothing(tmp_path, how):
             models = [dict(MODELS[0], path=str(copy))] + MODELS[1:]
         assert _reload(server, endpoint, tmp_path / "a.yaml", models, TIGHT_MB) is not None
         client.infer("depthwise", example_input("depthwise", 0))   # fits beside attention
+
+
+def test_a_removed_model_counts_against_the_budget_until_it_has_drained(tmp_path):
+    with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint):
+        residency = server.residency
+        before = residency._used_bytes()
+        held = server.engine.retire                  # keep it draining: never retired
+        server.engine.retire = lambda name: None
+        try:
+            assert _reload(server, endpoint, tmp_path / "a.yaml",
+                           [MODELS[0], MODELS[2]]) is not None      # attention removed
+            give_up = time.monotonic() + CLIENT_TIMEOUT_S
+            while "attention" in residency._models:                  # dropped
+                assert time.monotonic() < give_up
+                time.sleep(0.005)
+            assert residency._used_bytes() == before                 # still loaded
+        finally:
+            server.engine.retire = held
+        server.engine.call_soon(lambda: held("attention"))
+        _drained(server, "attention")
+        assert residency._used_bytes() == before - WEIGHTS["attention"]
