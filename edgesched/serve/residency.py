@@ -304,8 +304,17 @@ class Residency(ReloadsMixin):
         return not any(launch.model == name for launch in engine.state.stuck.values())
 
     def _serve_waiting(self, m: _Model) -> None:
-        if m.entry.name not in self._engine.models:    # a reload removed it meanwhile
-            self.backend.unload(m.entry.name)
+        name = m.entry.name
+        engine = self._engine
+        if self._models.get(name) is not m:      # a reload dropped this entry meanwhile
+            # The key this load filled is unloaded unless it is served (a model added since
+            # under the name: its own load came after this one's) or the engine's to unload.
+            if not self._managed(name) and name not in engine._retiring_keys:
+                self.backend.unload(name)
+            self._give_up(m, "a reload of the config removed it")
+            return
+        if name not in engine.models:           # a reload removed it meanwhile
+            self.backend.unload(name)
             self._give_up(m, "a reload of the config removed it")
             return
         now = self._clock()
