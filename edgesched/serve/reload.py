@@ -263,7 +263,7 @@ class Reloader:
         residency, self._read = self.server.residency, {}
         for entry in entries:
             try:
-                with residency.loading(), residency.recorded() as files:  # one at a time
+                with residency.loading(entry.name), residency.recorded() as files:
                     loaded.update(load_models(self.server.backend, [entry]))
                 self._read[entry.name] = frozenset(files)    # for residency.adopt
             except EdgeschedError:

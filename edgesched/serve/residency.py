@@ -53,6 +53,7 @@ class _Model:
     last_load_ms: float | None = None
     last_load_from: str | None = None     # "ram" | "disk"
     files: frozenset = frozenset()        # the model files its load kept in RAM (blobs.py)
+    load_number: int = 0                  # of its key's loads, its last (loading())
     waiting: list[tuple[Submission, float]] = field(default_factory=list)  # (it, give up at)
 
 
@@ -75,6 +76,7 @@ class Residency(ReloadsMixin):
         self._load_lock = threading.Lock()      # one load at a time: see loading()
         self._prune_pending = False              # prune() found a load under way
         self._draining: dict[str, int] = {}      # removed models' bytes until drained (drop)
+        self._loads_of: dict[str, int] = {}      # backend key -> loads of it so far
         self._timer_pending = False
         self._closed = False
 
@@ -115,7 +117,8 @@ class Residency(ReloadsMixin):
     def _load_now(self, m: _Model, resident: bool = True) -> ModelInfo:
         """Load `m` on this thread; resident at once, or (a reload) still `loading` until
         the engine thread has handed it its waiting requests."""
-        with self.loading():
+        with self.loading(m.entry.name) as number:
+            m.load_number = number
             reads = None if self.blobs is None else self.blobs.disk_reads
             began = time.perf_counter()
             if self.blobs is None:
@@ -307,9 +310,10 @@ class Residency(ReloadsMixin):
         name = m.entry.name
         engine = self._engine
         if self._models.get(name) is not m:      # a reload dropped this entry meanwhile
-            # The key this load filled is unloaded unless it is served (a model added since
-            # under the name: its own load came after this one's) or the engine's to unload.
-            if not self._managed(name) and name not in engine._retiring_keys:
+            # The key this load filled is unloaded unless a later load filled it again (a
+            # model added since under the name) or it is the engine's to unload.
+            if self._loads_of.get(name) == m.load_number and not self._managed(name) and \
+                    name not in engine._retiring_keys:
                 self.backend.unload(name)
             self._give_up(m, "a reload of the config removed it")
             return

@@ -27,9 +27,9 @@ def mb(nbytes: int) -> str:
 
 
 class ReloadsMixin:
-    """For Residency: uses its _models, _lock, _load_lock, _prune_pending, _draining, blobs,
-    backend, budget_bytes, _engine, _intake, _clock, _managed, _idle, _used_bytes and
-    _model_type."""
+    """For Residency: uses its _models, _lock, _load_lock, _loads_of, _prune_pending,
+    _draining, blobs, backend, budget_bytes, _engine, _intake, _clock, _managed, _idle,
+    _used_bytes and _model_type."""
 
     # --- models a reload adds (the reloader's thread) ---------------------------------------
     @contextlib.contextmanager
@@ -99,6 +99,7 @@ class ReloadsMixin:
             # new one's to serve (it is resident).
             waiting = []
             for name in made:
+                self._draining.pop(name, None)      # drained before it could be added back
                 old = self._models.get(name)
                 if old is not None:
                     waiting += [s for s, _ in old.waiting]
@@ -141,12 +142,14 @@ class ReloadsMixin:
                         "busy ones are evicted", mb(over))
 
     @contextlib.contextmanager
-    def loading(self) -> Iterator[None]:
-        """Hold the backend's load lock (one load at a time; reloads of the config take it
-        too). A prune asked for meanwhile runs as it is released."""
+    def loading(self, key: str) -> Iterator[int]:
+        """Hold the backend's load lock to load `key` (one load at a time; reloads of the
+        config take it too); gives the key's load number, counted from 1. A prune asked for
+        meanwhile runs as the lock is released."""
         self._load_lock.acquire()
         try:
-            yield
+            self._loads_of[key] = self._loads_of.get(key, 0) + 1
+            yield self._loads_of[key]
         finally:
             self._release_load_lock()
 

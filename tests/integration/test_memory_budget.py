@@ -179,7 +179,7 @@ def test_a_prune_asked_for_during_a_load_waits_for_none_and_runs_as_the_load_end
         stray = tmp_path / "stray.onnx"              # kept, and needed by no model
         stray.write_bytes(b"x" * 10)
         residency.blobs.read(stray)
-        with residency.loading():                    # as a load holds it
+        with residency.loading("stray"):             # as a load holds it
             asker = threading.Thread(target=residency.prune)
             asker.start()
             asker.join(CLIENT_TIMEOUT_S)

@@ -3,12 +3,14 @@ the models still served under the budget, so removing, replacing, adding back or
 realtime model is judged by what the new set pins."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import yaml
 
 from edgesched import Client
+from edgesched.errors import EdgeschedError
 from edgesched.backends import ort_footprint
 from edgesched.serve.reload import Reloader
 from tests.integration.conftest import CLIENT_TIMEOUT_S, EXAMPLES, serving
@@ -102,3 +104,59 @@ def test_a_removed_model_counts_against_the_budget_until_it_has_drained(tmp_path
         server.engine.call_soon(lambda: held("attention"))
         _drained(server, "attention")
         assert residency._used_bytes() == before - WEIGHTS["attention"]
+
+
+def test_a_model_removed_then_added_back_is_counted_once(tmp_path):
+    with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint), \
+            Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+        before = server.residency._used_bytes()
+        assert _reload(server, endpoint, tmp_path / "a.yaml", [MODELS[0], MODELS[2]])
+        _drained(server, "attention")
+        assert _reload(server, endpoint, tmp_path / "b.yaml", MODELS)
+        assert server.residency._used_bytes() == before
+        assert _states(client)["attention"] == "resident"    # not evicted for a phantom
+
+
+def test_a_late_eviction_reload_never_unloads_the_model_added_back_since(tmp_path):
+    """An eviction reload of depthwise is held while a reload removes it and a second one
+    adds it back; the held load ends first, then the second reload's load of the same key
+    runs, and the late load's cleanup must leave that one alone."""
+    with serving(MODELS, limits_extra={"device_memory_mb": BUDGET_MB}) as (server, endpoint):
+        backend = server.backend
+        gate, entered, load = threading.Event(), threading.Event(), backend.load
+        calls = []
+
+        def held_load(model, *args, **kwargs):
+            calls.append(model)
+            if model == "depthwise" and calls.count("depthwise") == 1:
+                entered.set()
+                gate.wait(CLIENT_TIMEOUT_S)
+            return load(model, *args, **kwargs)
+        backend.load = held_load
+        asker = threading.Thread(target=_infer_quietly, args=(endpoint, "depthwise"))
+        asker.start()
+        assert entered.wait(CLIENT_TIMEOUT_S)         # the eviction reload is under way
+        assert _reload(server, endpoint, tmp_path / "a.yaml", MODELS[:2]) is not None
+        _drained(server, "depthwise")
+        second: list = []
+        adder = threading.Thread(target=lambda: second.append(
+            _reload(server, endpoint, tmp_path / "b.yaml", MODELS)))
+        adder.start()
+        time.sleep(0.1)                               # it waits on the load lock
+        server.engine.call_soon(lambda: time.sleep(0.5))   # the engine thread busy a while
+        time.sleep(0.05)
+        gate.set()
+        adder.join(CLIENT_TIMEOUT_S)
+        asker.join(CLIENT_TIMEOUT_S)
+        assert second and second[0] is not None
+        assert "depthwise" in backend._slices
+        with Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+            client.infer("depthwise", example_input("depthwise", 1))
+
+
+def _infer_quietly(endpoint: str, model: str) -> None:
+    with Client(endpoint, timeout_s=CLIENT_TIMEOUT_S) as client:
+        try:
+            client.infer(model, example_input(model, 0))
+        except EdgeschedError:
+            pass              # answered: removed while it waited
