@@ -130,6 +130,7 @@ class OnnxRuntimeBackend:
         self._in_flight = 0            # launched, not yet returned by poll (engine thread)
         self._inline: Launch | None = None       # kept for the next poll (launch)
         self._runs = ort_inline.InlineRuns()     # which launches may run inline
+        self._scanned: dict[tuple, bool] = {}    # (file, mtime, size) -> _inline_ok's answer
         self._work = [queue.SimpleQueue() for _ in range(streams)]
         self._workers = [threading.Thread(target=self._serve_stream, args=(s,), daemon=True,
                                           name=f"edgesched-stream-{s}") for s in range(streams)]
@@ -162,12 +163,23 @@ class OnnxRuntimeBackend:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first}") from None
 
     def _inline_ok(self, path: Path) -> bool:
-        """No data-dependent control flow in the file (read from RAM's copy if kept)."""
-        source = path if self.blobs is None else self.blobs.source(path)
+        """No data-dependent control flow in the file (read from RAM's copy if kept): scanned
+        once per file version, not again at every reload after an eviction."""
         try:
-            return not ort_inline.data_dependent(source)
+            info = os.stat(path)
+            key = (Path(path).resolve(), info.st_mtime_ns, info.st_size)
         except OSError:
-            return False
+            key = None              # gone from the disk: RAM's copy, scanned each time
+        ok = self._scanned.get(key) if key is not None else None
+        if ok is None:
+            source = path if self.blobs is None else self.blobs.source(path)
+            try:
+                ok = not ort_inline.data_dependent(source)
+            except OSError:
+                ok = False
+            if key is not None:
+                self._scanned[key] = ok
+        return ok
 
     def load(self, model: str, path: Path, instances: int, *,
              shapes: Mapping[str, ShapeRange] | None = None) -> LoadedModel:

@@ -64,7 +64,6 @@ class Reloader:
         self._file = {m.name: m for m in server.config.models}   # the file, as last applied
         # name -> (the LOAD entry as sent, as resolved when applied), or None: unloaded.
         self._overlay: dict[str, tuple[dict, ModelConfig] | None] = {}
-        self._read: dict[str, frozenset] = {}   # name -> files its load read (the last apply)
 
     def origin(self, name: str) -> str:
         """Who put a served model there: "socket" (LOAD) or "config" (the file)."""
@@ -208,8 +207,8 @@ class Reloader:
         # A changed model's new version loads beside the old one under a key that no config
         # name can be ('@' is not allowed in names), and is warmed there, hidden from intake.
         keys = {m.name: f"{m.name}@{next(_VERSIONS)}" for m in d.reloaded}
-        loaded = self._load([*d.added, *(dataclasses.replace(m, name=keys[m.name])
-                                         for m in d.reloaded)])
+        loaded, files = self._load([*d.added, *(dataclasses.replace(m, name=keys[m.name])
+                                                for m in d.reloaded)])
         self._on_engine(lambda: engine.set_models({**engine.models, **loaded},
                                                   fresh=tuple(loaded)))
         problem = self._warm(loaded) or server.residency.refuses(
@@ -247,7 +246,7 @@ class Reloader:
         engine.call_soon(lambda: server.residency.drop(d.removed, keys))
         server.config = dataclasses.replace(old, models=new.models)
         # Added models come under the memory budget; new versions stay outside it.
-        server.residency.adopt(d.added, self._read, d.retuned)
+        server.residency.adopt(d.added, files, d.retuned)
         self._prune()
         log.info("%s: %s", what, d.describe())
         return d
@@ -257,22 +256,24 @@ class Reloader:
         on the engine thread, after the retires queued before (prune never waits)."""
         self.server.engine.call_soon(self.server.residency.prune)
 
-    def _load(self, entries: list) -> dict[str, ModelInfo]:
-        """Load `entries` (off the engine thread); on a failure unload those loaded."""
+    def _load(self, entries: list) -> tuple[dict[str, ModelInfo], dict[str, frozenset]]:
+        """Load `entries` (off the engine thread): what each loaded, and the files each read
+        (for the memory budget); on a failure unload those loaded."""
         loaded: dict[str, ModelInfo] = {}
-        residency, self._read = self.server.residency, {}
+        read: dict[str, frozenset] = {}
+        residency = self.server.residency
         for entry in entries:
             try:
                 with residency.loading(entry.name), residency.recorded() as files:
                     loaded.update(load_models(self.server.backend, [entry]))
-                self._read[entry.name] = frozenset(files)    # for residency.adopt
+                read[entry.name] = frozenset(files)
             except EdgeschedError:
                 backend = self.server.backend
                 for name in loaded:      # a model that failed to load holds nothing
                     self._on_engine(lambda n=name: backend.unload(n))
                 self._prune()            # nor do its files
                 raise
-        return loaded
+        return loaded, read
 
     def _warm(self, added: dict[str, ModelInfo]) -> str | None:
         """One synthetic request per added model; what went wrong, or None."""

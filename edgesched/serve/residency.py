@@ -309,16 +309,13 @@ class Residency(ReloadsMixin):
     def _serve_waiting(self, m: _Model) -> None:
         name = m.entry.name
         engine = self._engine
-        if self._models.get(name) is not m:      # a reload dropped this entry meanwhile
-            # The key this load filled is unloaded unless a later load filled it again (a
-            # model added since under the name) or it is the engine's to unload.
+        if self._models.get(name) is not m or name not in engine.models:
+            # A reload removed it meanwhile (and dropped this entry). The key this load
+            # filled is unloaded unless a later load filled it again (a model added since
+            # under the name) or it is the engine's to unload.
             if self._loads_of.get(name) == m.load_number and not self._managed(name) and \
                     name not in engine._retiring_keys:
                 self.backend.unload(name)
-            self._give_up(m, "a reload of the config removed it")
-            return
-        if name not in engine.models:           # a reload removed it meanwhile
-            self.backend.unload(name)
             self._give_up(m, "a reload of the config removed it")
             return
         now = self._clock()

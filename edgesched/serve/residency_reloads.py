@@ -95,22 +95,15 @@ class ReloadsMixin:
             footprint_bytes=int(self.backend.footprint_bytes(e.name)),
             files=files.get(e.name, frozenset())) for e in added}
         with self._lock:
-            # A name removed and now added again: what still waited for the old one is the
-            # new one's to serve (it is resident).
-            waiting = []
+            # A name added back: its old entry went with the reload that removed it (drop,
+            # before this reload's switch), and it drained before it could be added again.
             for name in made:
-                self._draining.pop(name, None)      # drained before it could be added back
-                old = self._models.get(name)
-                if old is not None:
-                    waiting += [s for s, _ in old.waiting]
-                    old.waiting = []
+                self._draining.pop(name, None)
             self._models.update(made)
             for e in retuned:
                 m = self._models.get(e.name)
                 if m is not None and self._managed(e.name):
                     m.entry, m.pinned = e, e.priority is Priority.REALTIME
-        for submission in waiting:
-            self._engine.submit(submission)
         if self._used_bytes() > self.budget_bytes:
             self._engine.call_soon(self._shrink)
 

@@ -2,6 +2,7 @@
 thread inside its next poll; anything else runs on its stream's worker."""
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -170,3 +171,21 @@ def test_the_longest_run_decides_and_the_history_stays_bounded(monkeypatch):
     for i in range(20):                                  # one new shape after another
         runs.ran(("m", 0, ((i,),)), 0.0)
     assert len(runs._longest) <= 8
+
+
+def test_a_file_is_scanned_once_per_version_not_at_every_reload(backend, monkeypatch, tmp_path):
+    from edgesched.backends import ort_inline
+    scans = []
+    scan = ort_inline.data_dependent
+    monkeypatch.setattr(ort_inline, "data_dependent", lambda source: scans.append(1) or
+                        scan(source))
+    path = tmp_path / "a.onnx"
+    path.write_bytes((EXAMPLES / "attention.onnx").read_bytes())
+    for _ in range(3):                                   # evicted and loaded again
+        backend.load("attention", path, 1)
+        backend.unload("attention")
+    assert len(scans) == 1
+    path.write_bytes(path.read_bytes())                  # rebuilt: another version
+    os.utime(path, ns=(1, 1))
+    backend.load("attention", path, 1)
+    assert len(scans) == 2
